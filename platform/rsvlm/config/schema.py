@@ -1,0 +1,275 @@
+"""Typed configuration: the only source of settings for every job.
+
+Each dataclass mirrors one Hydra group in ``conf/``. Hydra validates keys and types when it composes;
+``__post_init__`` checks the invariants that span fields, and runs when a job turns the composed config
+into these objects (``OmegaConf.to_object``), so a bad value fails on the driver before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from rsvlm.config.errors import ConfigError
+
+
+class StrategyName(Enum):
+    full = "full"
+    lora = "lora"
+
+
+class Trainability(Enum):
+    """How one part of the model (vision tower, projector, LLM) is trained."""
+
+    frozen = "frozen"
+    full = "full"
+    adapter = "adapter"
+
+
+class DataFormat(Enum):
+    llava = "llava"
+
+
+class OnError(Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+class DType(Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class ImageAspect(Enum):
+    """LLaVA-1.5's ``pad`` expands to a square filled with the processor's mean colour; ``resize`` squashes."""
+
+    pad = "pad"
+    resize = "resize"
+
+
+def _require(condition: bool, key: str, problem: str, choices: Any = None) -> None:
+    if not condition:
+        raise ConfigError(key, problem, choices)
+
+
+@dataclass
+class SyntheticDataConfig:
+    """Settings of the built-in synthetic remote-sensing generator (``rsvlm.data.synthetic``)."""
+
+    seed: int = 0
+    num_train_images: int = 400
+    num_test_images: int = 60
+    image_size: int = 128
+
+    def __post_init__(self) -> None:
+        _require(self.num_train_images > 0, "data.synthetic.num_train_images", "must be > 0")
+        _require(self.num_test_images > 0, "data.synthetic.num_test_images", "must be > 0")
+        _require(self.image_size >= 32, "data.synthetic.image_size", "must be >= 32 pixels")
+
+
+@dataclass
+class DataConfig:
+    """Where instruction data comes from and how it becomes training samples."""
+
+    name: str = "synthetic"
+    # Raw instruction file (LLaVA conversation JSON list or JSONL) and the folder its image paths are relative to.
+    source: str = "${workdir}/data/raw/train.json"
+    image_root: str = "${workdir}/data/raw"
+    format: DataFormat = DataFormat.llava
+    # Canonical JSONL shards + manifest.json written by prepare_data, read by finetune.
+    prepared_uri: str = "${workdir}/data/prepared"
+    on_error: OnError = OnError.fail
+    records_per_shard: int = 10_000
+    # When set, prepare_data first generates this synthetic dataset into image_root.
+    synthetic: Optional[SyntheticDataConfig] = None
+    max_length: int = 256
+    # LLaVA silently trains on samples whose labels are all masked ("tokenization mismatch"); we count them
+    # and refuse to train when more than this fraction of a dataset would be fully masked.
+    max_fully_masked_fraction: float = 0.01
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.max_length >= 16, "data.max_length", "must be >= 16 tokens")
+        _require(0.0 <= self.max_fully_masked_fraction <= 1.0, "data.max_fully_masked_fraction", "must be in [0, 1]")
+        _require(self.records_per_shard > 0, "data.records_per_shard", "must be > 0")
+
+
+@dataclass
+class TinyModelConfig:
+    """Dimensions of the in-process tiny LLaVA used by the demo and tests (no download)."""
+
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden_size: int = 96
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate_size: int = 192
+    vocab_size: int = 1024
+    max_position_embeddings: int = 512
+
+    def __post_init__(self) -> None:
+        _require(self.image_size % self.patch_size == 0, "model.tiny.image_size", "must be a multiple of patch_size")
+        _require(self.text_hidden_size % self.text_heads == 0, "model.tiny.text_hidden_size", "must divide by text_heads")
+        _require(self.vision_hidden_size % self.vision_heads == 0, "model.tiny.vision_hidden_size",
+                 "must divide by vision_heads")
+        _require(self.vocab_size >= 300, "model.tiny.vocab_size", "must be >= 300 (256 byte tokens + specials)")
+
+
+@dataclass
+class ModelConfig:
+    """Which vision-language model to fine-tune: ``tiny`` (built in-process) or a hub id / local folder."""
+
+    name: str = "tiny"
+    name_or_path: str = "tiny"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: DType = DType.float32
+    image_aspect: ImageAspect = ImageAspect.pad
+    # Seed of the tiny model's initial weights; the same seed gives the same untrained model.
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name_or_path), "model.name_or_path", "must name 'tiny', a hub id or a folder")
+
+
+@dataclass
+class StrategyConfig:
+    """Fine-tuning strategy and per-part trainability. LoRA fields are ignored by ``full``."""
+
+    name: StrategyName = StrategyName.lora
+    vision_tower: Trainability = Trainability.frozen
+    projector: Trainability = Trainability.full
+    llm: Trainability = Trainability.adapter
+    rank: int = 128
+    alpha: float = 256.0
+    dropout: float = 0.05
+    # Leaf names of the LLM's linear layers to adapt; empty = every linear layer of the LLM (LLaVA's recipe).
+    target_modules: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        adapters = self.name is StrategyName.lora
+        for part in ("vision_tower", "projector", "llm"):
+            value = getattr(self, part)
+            if value is Trainability.adapter and not adapters:
+                raise ConfigError(f"strategy.{part}", f"'adapter' needs an adapter strategy, not '{self.name.value}'",
+                                  [t.value for t in Trainability if t is not Trainability.adapter])
+        if adapters:
+            _require(self.llm is Trainability.adapter, "strategy.llm", "must be 'adapter' for strategy 'lora'",
+                     ["adapter"])
+            _require(self.rank > 0, "strategy.rank", "must be > 0")
+            _require(self.alpha > 0, "strategy.alpha", "must be > 0")
+            _require(0.0 <= self.dropout < 1.0, "strategy.dropout", "must be in [0, 1)")
+        _require(any(getattr(self, p) is not Trainability.frozen for p in ("vision_tower", "projector", "llm")),
+                 "strategy", "every part is frozen: nothing would train")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    # LLaVA trains the projector with its own learning rate (2e-5 in the LoRA recipe); None = same as lr.
+    projector_lr: Optional[float] = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", "must be > 0")
+        _require(self.projector_lr is None or self.projector_lr > 0, "optim.projector_lr", "must be > 0 or null")
+        _require(0.0 <= self.warmup_ratio < 1.0, "optim.warmup_ratio", "must be in [0, 1)")
+        _require(self.max_grad_norm > 0, "optim.max_grad_norm", "must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    micro_batch_size: int = 8
+    log_every: int = 25
+    seed: int = 0
+    # Name of the Ray Train run under storage_uri; None = derived from the MLflow run.
+    run_name: Optional[str] = None
+    storage_uri: str = "${workdir}/ray_results"
+    # Threads torch may use in each worker; Ray sets OMP_NUM_THREADS=1 otherwise. 0 = the worker's CPUs.
+    torch_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.max_steps > 0, "train.max_steps", "must be > 0")
+        _require(self.micro_batch_size > 0, "train.micro_batch_size", "must be > 0")
+        _require(self.log_every > 0, "train.log_every", "must be > 0")
+        _require(self.torch_threads >= 0, "train.torch_threads", "must be >= 0")
+
+
+@dataclass
+class ScalingConfig:
+    """How many Ray Train workers and what each gets. ``num_workers: 0`` runs the loop in the driver."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 0, "scaling.num_workers", "must be >= 0")
+        _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///${workdir}/mlflow.db"
+    # Where a new experiment keeps its artifacts; beside the database for the embedded default.
+    artifact_location: str = "${workdir}/mlartifacts"
+    experiment: str = "rsvlm"
+    # None = rsvlm-<model.name>-<strategy.name>.
+    registered_model: Optional[str] = None
+    alias: str = "candidate"
+
+
+@dataclass
+class BenchmarkConfig:
+    """A benchmark: a questions file in the public format and the images it refers to."""
+
+    name: str = "synthetic"
+    questions: str = "${workdir}/data/raw/test_questions.jsonl"
+    image_root: str = "${workdir}/data/raw"
+    primary_metric: str = "vqa_accuracy"
+    batch_size: int = 16
+    max_new_tokens: int = 24
+    # Evaluate only the first N questions; None = all.
+    limit: Optional[int] = None
+    iou_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "benchmark.batch_size", "must be > 0")
+        _require(self.max_new_tokens > 0, "benchmark.max_new_tokens", "must be > 0")
+        _require(self.limit is None or self.limit > 0, "benchmark.limit", "must be > 0 or null")
+        _require(0.0 < self.iou_threshold <= 1.0, "benchmark.iou_threshold", "must be in (0, 1]")
+
+
+@dataclass
+class JobConfig:
+    """The whole configuration of any rsvlm job (each job reads the parts it needs)."""
+
+    workdir: str = "runs"
+    # Ray cluster to join; None = a cluster already set by RAY_ADDRESS / `ray job submit`, else a local one.
+    ray_address: Optional[str] = None
+    # What evaluate / register act on: models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/<path>,
+    # a checkpoint folder, or "base" for the untrained model.
+    model_uri: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.registered_model or f"rsvlm-{self.model.name}-{self.strategy.name.value}"
