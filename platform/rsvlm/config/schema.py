@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
+from omegaconf import MISSING
+
 from rsvlm.config.errors import ConfigError
 
 
@@ -74,9 +76,10 @@ class DataConfig:
     """Where instruction data comes from and how it becomes training samples."""
 
     name: str = "synthetic"
-    # Raw instruction file (LLaVA conversation JSON list or JSONL) and the folder its image paths are relative to.
-    source: str = "${workdir}/data/raw/train.json"
-    image_root: str = "${workdir}/data/raw"
+    # Raw instruction file (LLaVA conversation JSON list or JSONL) and the folder its image paths are relative to;
+    # required (every data/*.yaml sets them or asks for them).
+    source: str = MISSING
+    image_root: str = MISSING
     format: DataFormat = DataFormat.llava
     # Canonical JSONL shards + manifest.json written by prepare_data, read by finetune.
     prepared_uri: str = "${workdir}/data/prepared"

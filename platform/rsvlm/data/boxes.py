@@ -10,8 +10,10 @@ Conventions (named in a dataset's metadata):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Sequence
 
 
 class BoxConvention(Enum):
@@ -37,7 +39,7 @@ class Box:
         return Box(self.cx * width, self.cy * height, self.w * width, self.h * height, self.angle)
 
     def polygon(self) -> list[tuple[float, float]]:
-        """The four corners, counter-clockwise on screen, in the box's own units."""
+        """The four corners (top-left, top-right, bottom-right, bottom-left before rotation), in the box's units."""
         theta = math.radians(self.angle)
         cos, sin = math.cos(theta), math.sin(theta)
         corners = []
@@ -46,3 +48,35 @@ class Box:
             # y points down on screen, so a counter-clockwise turn on screen is clockwise in maths axes.
             corners.append((self.cx + x * cos + y * sin, self.cy - x * sin + y * cos))
         return corners
+
+
+# {<x1><y1><x2><y2>|<θ>}: numbers may be ints or decimals, possibly negative; spaces tolerated.
+_NUMBER = r"\s*<\s*(-?\d+(?:\.\d+)?)\s*>\s*"
+_GEOCHAT = re.compile(r"\{" + _NUMBER * 4 + r"\|" + _NUMBER + r"\}")
+
+
+def format_boxes(boxes: Sequence[Box], convention: BoxConvention) -> str:
+    """Write boxes the way a model is taught to answer in ``convention`` (boxes concatenated)."""
+    if convention is BoxConvention.geochat:
+        parts = []
+        for box in boxes:
+            x1, y1 = _percent(box.cx - box.w / 2), _percent(box.cy - box.h / 2)
+            x2, y2 = _percent(box.cx + box.w / 2), _percent(box.cy + box.h / 2)
+            parts.append(f"{{<{x1}><{y1}><{x2}><{y2}>|<{round(box.angle)}>}}")
+        return "".join(parts)
+    raise ValueError(f"unknown box convention {convention!r}")
+
+
+def parse_boxes(text: str, convention: BoxConvention) -> list[Box]:
+    """Every box written in ``convention`` found anywhere in ``text``, in order; malformed ones are skipped."""
+    if convention is BoxConvention.geochat:
+        boxes = []
+        for match in _GEOCHAT.finditer(text):
+            x1, y1, x2, y2, angle = (float(v) for v in match.groups())
+            boxes.append(Box.from_corners(x1 / 100, y1 / 100, x2 / 100, y2 / 100, angle))
+        return boxes
+    raise ValueError(f"unknown box convention {convention!r}")
+
+
+def _percent(fraction: float) -> int:
+    return int(round(min(max(fraction, 0.0), 1.0) * 100))

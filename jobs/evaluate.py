@@ -1,0 +1,34 @@
+"""Evaluate a model on a benchmark: greedy answers, predictions JSONL, metrics JSON, an MLflow eval run.
+
+Local:
+    python jobs/evaluate.py model_uri=models:/rsvlm-tiny-lora@candidate benchmark=synthetic
+    python jobs/evaluate.py model_uri=runs/ray_results/<run>/checkpoint_…   # a checkpoint folder
+    python jobs/evaluate.py model_uri=base                                  # the untrained model
+On a Ray cluster:
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/evaluate.py model_uri=models:/rsvlm-tiny-lora@candidate tracking=server
+"""
+
+from __future__ import annotations
+
+import json
+
+from rsvlm.config import ConfigError, JobConfig, hydra_main
+from rsvlm.eval.evaluate import Evaluation, evaluate_model
+
+
+def run(job: JobConfig) -> Evaluation:
+    """Evaluate ``job.model_uri`` (default: the registered model's ``tracking.alias``)."""
+    model_uri = job.model_uri or f"models:/{job.registered_model_name}@{job.tracking.alias}"
+    if model_uri.startswith("models:/") and not job.tracking.enabled:
+        raise ConfigError("model_uri", "a models:/ URI needs tracking.enabled=true", None)
+    evaluation = evaluate_model(job, model_uri)
+    print(json.dumps({"model": model_uri, "benchmark": job.benchmark.name, **evaluation.metrics}, indent=2))
+    print(f"predictions: {evaluation.predictions_path}")
+    return evaluation
+
+
+main = hydra_main(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Configuration: typed schemas (``schema.py``) composed by Hydra from the YAML groups in ``conf/``.
+
+Jobs use :func:`hydra_main`; tests and the pipeline use :func:`compose`. Either way a typo or a bad value
+stops on the driver with one line that names the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import re
+import sys
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from rsvlm.config.errors import ConfigError
+from rsvlm.config.schema import JobConfig
+
+__all__ = ["ConfigError", "JobConfig", "as_config_error", "compose", "from_dict", "hydra_main", "resolve", "to_dict", "conf_dir"]
+
+_SCHEMA_NAME = "rsvlm_job_schema"
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder: ``$RSVLM_CONF_DIR``, else the one at the root of this source tree."""
+    override = os.environ.get("RSVLM_CONF_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[3] / "conf"
+
+
+def register_schema() -> None:
+    """Put the typed schema in Hydra's ConfigStore; ``conf/config.yaml`` lists it first in its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=_SCHEMA_NAME, node=JobConfig)
+
+
+def resolve(cfg: DictConfig) -> JobConfig:
+    """Turn a composed config into typed objects, running every ``__post_init__`` check.
+
+    ``workdir`` becomes absolute first: Ray workers run in another cwd, so relative paths would point elsewhere.
+    """
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra", None)
+    unknown = sorted(set(cfg.keys()) - {f.name for f in fields(JobConfig)})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown key", [f.name for f in fields(JobConfig)])
+    cfg.workdir = os.path.abspath(os.path.expanduser(cfg.workdir))
+    # Before merging: a merge keeps the schema's default where the YAML says ??? (required).
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(", ".join(missing), "required, but no value is set (the YAML leaves it as ???)")
+    merged = OmegaConf.merge(OmegaConf.structured(JobConfig), cfg)
+    OmegaConf.resolve(merged)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def to_dict(job: JobConfig) -> dict[str, Any]:
+    """A plain, JSON-able dict of a typed config (enums as their values): for Ray workers, MLflow and files."""
+    return OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True)  # type: ignore[return-value]
+
+
+def from_dict(data: Mapping[str, Any]) -> JobConfig:
+    """Inverse of :func:`to_dict`, validating again."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), data))  # type: ignore[return-value]
+
+
+def compose(overrides: Optional[list[str]] = None, config_name: str = "config") -> JobConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides, outside of a Hydra app."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    except Exception as exc:  # noqa: BLE001 - translated to one line, or re-raised untouched
+        error = as_config_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+    return resolve(cfg)
+
+
+def hydra_main(task: Callable[[JobConfig], Any]) -> Callable[[], None]:
+    """Decorate a job's ``main(cfg: JobConfig)`` as a Hydra app (``-m`` multirun included).
+
+    Hydra normally prints a multi-line report for a bad override; we let its exception through
+    (``HYDRA_FULL_ERROR``) and print the one line of :func:`as_config_error` instead.
+    """
+    import hydra
+
+    register_schema()
+    config_path = str(conf_dir())
+
+    @functools.wraps(task)
+    def run_task(cfg: DictConfig) -> Any:
+        return task(resolve(cfg))
+
+    # Hydra locates the app by the task function's file; keep it pointing at the job file.
+    run_task.__module__ = task.__module__
+    app = hydra.main(config_path=config_path, config_name="config", version_base="1.3")(run_task)
+
+    def entry() -> None:
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+        try:
+            app()
+        except Exception as exc:  # noqa: BLE001
+            error = as_config_error(exc)
+            if error is None:
+                raise
+            print(error, file=sys.stderr)
+            sys.exit(2)
+
+    entry.__doc__ = inspect.getdoc(task)
+    return entry
+
+
+def as_config_error(exc: BaseException) -> Optional[ConfigError]:
+    """The configuration mistake behind an exception from Hydra, OmegaConf or a schema check; None otherwise."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    for err in _chain(exc):
+        if isinstance(err, ConfigError):
+            return err
+        if isinstance(err, MissingConfigException):
+            missing = str(getattr(err, "missing_cfg_file", "") or "")
+            group, _, option = missing.rpartition("/")
+            options = getattr(err, "options", None) or _listed_options(str(err))
+            if group:
+                return ConfigError(f"{group}={option}", "no such option", options)
+            return ConfigError(missing or "config", "not found", options)
+        if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
+            key = getattr(err, "full_key", None) or "config"
+            object_type = getattr(err, "object_type", None)
+            choices = [f.name for f in fields(object_type)] if object_type and is_dataclass(object_type) else None
+            return ConfigError(key, "unknown key", choices)
+        if isinstance(err, ValidationError):
+            key = getattr(err, "full_key", None) or "config"
+            first_line = str(err).splitlines()[0]
+            listed = re.search(r"expected one of \[(.*)\]", first_line)
+            if listed:
+                value = re.search(r"Invalid value '([^']*)'", first_line)
+                problem = f"invalid value '{value.group(1)}'" if value else "invalid value"
+                return ConfigError(key, problem, [c.strip() for c in listed.group(1).split(",")])
+            return ConfigError(key, first_line)
+        if isinstance(err, (OmegaConfBaseException, ConfigCompositionException)) and err.__cause__ is None:
+            return ConfigError(getattr(err, "full_key", None) or "config", str(err).splitlines()[0])
+    return None
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _listed_options(message: str) -> list[str]:
+    block = message.split("Available options", 1)[-1].split("Config search path", 1)[0]
+    return [line.strip() for line in block.splitlines()[1:] if line.strip()]

@@ -1,0 +1,1 @@
+"""Instruction data: records, synthetic scenes, chat templates, label masking, ingest."""

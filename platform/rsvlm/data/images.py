@@ -1,0 +1,48 @@
+"""Image decoding and LLaVA-1.5 preprocessing (pad to square with the mean colour, then the model's processor)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from rsvlm.config.schema import ImageAspect
+
+# Refuse images that would decode to more pixels than this (decompression bombs); 16k × 16k.
+MAX_PIXELS = 16384 * 16384
+
+
+def open_rgb(source: Union[str, Path, bytes]) -> Image.Image:
+    """Decode an image file or bytes to RGB (RGBA, 16-bit, palette and grayscale images are converted)."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    with stream, Image.open(stream) as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # Scale 16/32-bit intensities to 8 bits instead of clipping them white.
+            array = np.asarray(image, dtype=np.float64)
+            peak = array.max() or 1.0
+            image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
+        return image.convert("RGB")
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """LLaVA-1.5's ``pad``: centre the image on a square canvas of ``fill`` colour, keeping its aspect."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def preprocess_images(images: Sequence[Image.Image], image_processor, aspect: ImageAspect) -> np.ndarray:
+    """Pixel values ``[N, 3, H, W]`` float32 for the vision tower."""
+    if aspect is ImageAspect.pad:
+        fill = tuple(int(round(255 * m)) for m in image_processor.image_mean)
+        images = [expand_to_square(image, fill) for image in images]
+    return np.asarray(image_processor(images=list(images), return_tensors="np")["pixel_values"], dtype=np.float32)

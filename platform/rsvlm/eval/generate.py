@@ -1,0 +1,61 @@
+"""Batched greedy generation with left padding and an attention mask (LLaVA#754, #1149: right padding
+silently corrupts batched answers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image
+
+from rsvlm.config.schema import ImageAspect
+from rsvlm.data.images import preprocess_images
+from rsvlm.data.template import IMAGE_PLACEHOLDER, VICUNA_V1, ChatTemplate, tokenize_conversation
+from rsvlm.model.build import LoadedModel
+
+# Prompts are never truncated for generation; this only guards against absurd inputs.
+MAX_PROMPT_TOKENS = 8192
+
+
+@dataclass
+class Prompt:
+    question: str
+    image: Optional[Image.Image] = None
+
+
+@torch.inference_mode()
+def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], *, batch_size: int = 16,
+                     max_new_tokens: int = 32, aspect: ImageAspect = ImageAspect.pad,
+                     template: ChatTemplate = VICUNA_V1) -> list[str]:
+    """The model's greedy answer to each prompt, in order. Prompts of similar length are batched together."""
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    device = next(model.parameters()).device
+    encoded = []
+    for prompt in prompts:
+        text = f"{IMAGE_PLACEHOLDER}\n{prompt.question}" if prompt.image is not None else prompt.question
+        sample = tokenize_conversation([{"from": "human", "value": text}], tokenizer, template,
+                                       loaded.image_token_count, MAX_PROMPT_TOKENS, for_generation=True)
+        encoded.append(sample.input_ids)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, index in enumerate(chunk):
+            ids = encoded[index]
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention_mask[row, width - len(ids):] = 1
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        images = [prompts[i].image for i in chunk if prompts[i].image is not None]
+        if images:
+            pixels = preprocess_images(images, loaded.processor.image_processor, aspect)
+            inputs["pixel_values"] = torch.from_numpy(pixels).to(device=device, dtype=model.dtype)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new_tokens = output[:, width:]
+        for row, index in enumerate(chunk):
+            answers[index] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
+    return answers

@@ -1,0 +1,34 @@
+"""Full fine-tuning: the configured parts train entirely; the checkpoint is a complete transformers model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from rsvlm.config.schema import StrategyConfig
+from rsvlm.strategies.base import apply_trainability
+
+
+class FullStrategy:
+    def __init__(self, config: StrategyConfig):
+        self.config = config
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        apply_trainability(model, self.config)
+        return model
+
+    def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
+        return None
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory, safe_serialization=True)
+
+    def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
+        # The folder is a whole model: load it with the base model's class, weights from the checkpoint.
+        return type(base_model).from_pretrained(directory, dtype=base_model.dtype)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model

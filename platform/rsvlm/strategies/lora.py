@@ -1,0 +1,62 @@
+"""LoRA on the LLM through peft, LLaVA's recipe: every linear layer of the LLM except lm_head.
+
+Parts configured ``full`` (the projector by default) are peft ``modules_to_save``, so they are saved in the
+same ``adapter_model.safetensors`` as the adapter and restored with it: a LLaVA LoRA checkpoint that loses
+its projector (LLaVA#808, #784, #1416) cannot happen here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from rsvlm.config.schema import StrategyConfig, Trainability
+from rsvlm.model.parts import model_parts
+
+
+class LoraStrategy:
+    def __init__(self, config: StrategyConfig):
+        self.config = config
+
+    def peft_config(self, model: nn.Module) -> LoraConfig:
+        """The peft config for ``model``: targets found from the model's own modules, not hard-coded names."""
+        parts = model_parts(model)
+        (llm_prefix, llm), (head_prefix, _) = parts["llm"]
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in llm.named_modules()
+                         if isinstance(module, nn.Linear)})
+        wanted = self.config.target_modules or leaves
+        unknown = sorted(set(wanted) - set(leaves))
+        if unknown:
+            raise ValueError(f"strategy.target_modules {unknown} are not linear layers of the LLM; it has {leaves}")
+        targets = rf"^{re.escape(llm_prefix)}\..*\.({'|'.join(map(re.escape, wanted))})$"
+        full_parts = [name for part in ("vision_tower", "projector")
+                      if getattr(self.config, part) is Trainability.full for name, _ in parts[part]]
+        return LoraConfig(
+            r=self.config.rank,
+            lora_alpha=self.config.alpha,
+            lora_dropout=self.config.dropout,
+            target_modules=targets,
+            modules_to_save=full_parts or None,
+            bias="none",
+        )
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        # peft freezes the whole base model and re-enables adapters and modules_to_save.
+        return get_peft_model(model, self.peft_config(model))
+
+    def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
+        return None
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory, safe_serialization=True)
+
+    def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
+        return PeftModel.from_pretrained(base_model, directory)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model.merge_and_unload()

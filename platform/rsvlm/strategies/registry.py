@@ -1,0 +1,18 @@
+"""Strategy names (``strategy.name`` in config) → classes."""
+
+from __future__ import annotations
+
+from rsvlm.config.schema import StrategyConfig, StrategyName
+from rsvlm.strategies.base import Strategy
+from rsvlm.strategies.full import FullStrategy
+from rsvlm.strategies.lora import LoraStrategy
+
+STRATEGIES: dict[StrategyName, type] = {
+    StrategyName.full: FullStrategy,
+    StrategyName.lora: LoraStrategy,
+}
+
+
+def build_strategy(config: StrategyConfig) -> Strategy:
+    """The strategy object for ``config``."""
+    return STRATEGIES[config.name](config)

@@ -1,0 +1,49 @@
+"""MLflow tracking for rsvlm: runs created on the driver, rank-0 loggers, masked params, model registry.
+
+Everything goes through ``MlflowClient`` with explicit tracking URIs and run ids; nothing here uses MLflow's
+fluent (process-global) API.
+"""
+
+from __future__ import annotations
+
+from rsvlm.tracking.logger import MlflowRunLogger, NullRunLogger, RunLogger, make_logger
+from rsvlm.tracking.params import (
+    MASK,
+    MAX_PARAM_VALUE_LENGTH,
+    TRUNCATION_MARKER,
+    flatten_config,
+    is_secret_key,
+    mask_url_credentials,
+    redact,
+)
+from rsvlm.tracking.registry import (
+    ResolvedModel,
+    get_alias_version,
+    register_model_version,
+    resolve_model_uri,
+    set_alias,
+)
+from rsvlm.tracking.runs import create_run, ensure_experiment, finish_run, normalize_artifact_location
+
+__all__ = [
+    "MASK",
+    "MAX_PARAM_VALUE_LENGTH",
+    "TRUNCATION_MARKER",
+    "MlflowRunLogger",
+    "NullRunLogger",
+    "ResolvedModel",
+    "RunLogger",
+    "create_run",
+    "ensure_experiment",
+    "finish_run",
+    "flatten_config",
+    "get_alias_version",
+    "is_secret_key",
+    "make_logger",
+    "mask_url_credentials",
+    "normalize_artifact_location",
+    "redact",
+    "register_model_version",
+    "resolve_model_uri",
+    "set_alias",
+]

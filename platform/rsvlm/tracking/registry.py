@@ -1,0 +1,228 @@
+"""Model registry: register a run's checkpoint folder as a model version, and resolve model URIs back.
+
+MLflow 3 notes that shape this module:
+
+* ``mlflow.register_model("runs:/<id>/<folder>")`` on a plain folder of files (not an MLflow Model) fails
+  after having created an empty registered model, so versions are made with ``MlflowClient`` directly:
+  ``create_registered_model`` (when missing) + ``create_model_version(source=<run artifact URI>/<path>)``.
+* Stages are deprecated; promotion is done with aliases (``models:/<name>@<alias>``).
+* The registry needs a database-backed store (sqlite or a server), never the file store.
+
+Every client is built with ``registry_uri=tracking_uri`` so that neither ``MLFLOW_REGISTRY_URI`` nor any
+process-global registry setting can send a registration somewhere else.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import mlflow.artifacts
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+from mlflow.tracking import MlflowClient
+
+from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config
+
+_NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+_ALREADY_EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+# Some stores answer an unknown alias with INVALID_PARAMETER_VALUE rather than RESOURCE_DOES_NOT_EXIST.
+_LOOKUP_FAILED = frozenset({_NOT_FOUND, ErrorCode.Name(INVALID_PARAMETER_VALUE)})
+
+_MODELS_ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
+_MODELS_VERSION_RE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[^/@]+)/?$")
+_RUNS_RE = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
+_ACCEPTED_FORMS = (
+    "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path>, file://<path> or a local folder"
+)
+
+
+@dataclass
+class ResolvedModel:
+    """A model URI resolved to a local folder, with where it came from when it came from MLflow."""
+
+    local_path: Path
+    name: str | None
+    version: str | None
+    run_id: str | None
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if exc.error_code != _NOT_FOUND:
+            raise
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        # Created concurrently by another job: fine, that is what we wanted.
+        if exc.error_code != _ALREADY_EXISTS:
+            raise
+
+
+def _require_run_artifact(client: MlflowClient, run_id: str, artifact_path: str) -> None:
+    """Fail before registering when ``artifact_path`` was never logged (a version would point at nothing)."""
+    parent = posixpath.dirname(artifact_path)
+    entries = client.list_artifacts(run_id, parent or None)
+    if not any(entry.path == artifact_path for entry in entries):
+        present = sorted(entry.path for entry in entries)
+        raise FileNotFoundError(
+            f"run {run_id} has no artifact {artifact_path!r}; found under {parent or '<root>'!r}: {present}"
+        )
+
+
+def register_model_version(
+    tracking_uri: str,
+    name: str,
+    run_id: str,
+    artifact_path: str,
+    alias: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
+    """Register ``<run artifacts>/<artifact_path>`` as a new version of ``name``; return the version number.
+
+    The registered model is created when missing; ``alias`` (if given) is moved to the new version. Each call
+    makes a new version, so re-running a registration step is safe (the alias just moves on).
+    """
+    artifact_path = artifact_path.strip("/")
+    if not artifact_path:
+        raise ValueError("artifact_path must name a folder or file inside the run's artifacts")
+    client = _client(tracking_uri)
+    run = client.get_run(run_id)
+    _require_run_artifact(client, run_id, artifact_path)
+    _ensure_registered_model(client, name)
+    source = run.info.artifact_uri.rstrip("/") + "/" + artifact_path
+    version_tags = flatten_config(tags or {}, max_length=MAX_TAG_VALUE_LENGTH)
+    model_version = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
+    version = str(model_version.version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:
+    """Point ``alias`` of registered model ``name`` at ``version`` (moving it if already set)."""
+    _client(tracking_uri).set_registered_model_alias(name, alias, str(version))
+
+
+def get_alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in _LOOKUP_FAILED:
+            return None
+        raise
+
+
+def _registered_model_or_lookup_error(client: MlflowClient, name: str) -> Any:
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in _LOOKUP_FAILED:
+            raise
+        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        raise LookupError(f"registered model {name!r} not found; registered models: {known}") from exc
+
+
+def _version_by_alias(client: MlflowClient, name: str, alias: str) -> Any:
+    model = _registered_model_or_lookup_error(client, name)
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code not in _LOOKUP_FAILED:
+            raise
+        available = {a: str(v) for a, v in sorted((model.aliases or {}).items())}
+        raise LookupError(
+            f"registered model {name!r} has no alias {alias!r}; available aliases: {available or 'none'}"
+        ) from exc
+
+
+def _version_by_number(client: MlflowClient, name: str, version: str) -> Any:
+    _registered_model_or_lookup_error(client, name)
+    if not version.isdigit():
+        raise ValueError(
+            f"models:/{name}/{version}: {version!r} is not a version number; stages are not supported, "
+            f"use an alias (models:/{name}@<alias>)"
+        )
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code not in _LOOKUP_FAILED:
+            raise
+        # The name is a literal we validated as a registered model; quote it as the filter syntax requires.
+        escaped = name.replace("'", "\\'")
+        versions = sorted(
+            (str(mv.version) for mv in client.search_model_versions(f"name = '{escaped}'")), key=int
+        )
+        raise LookupError(
+            f"registered model {name!r} has no version {version!r}; available versions: {versions or 'none'}"
+        ) from exc
+
+
+def _local_folder(path: Path, uri: str) -> Path:
+    path = path.expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model path {uri!r} does not exist (accepted: {_ACCEPTED_FORMS})")
+    return path.resolve()
+
+
+def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> ResolvedModel:
+    """Resolve a model URI to a local folder, downloading into ``dst_dir`` when it lives in MLflow.
+
+    Accepts ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``, ``file://``
+    URIs and local folders (returned as they are, not copied). Unknown model/alias/version: ``LookupError``.
+    """
+    if uri.startswith("models:/"):
+        client = _client(tracking_uri)
+        if match := _MODELS_ALIAS_RE.match(uri):
+            model_version = _version_by_alias(client, match["name"], match["alias"])
+        elif match := _MODELS_VERSION_RE.match(uri):
+            model_version = _version_by_number(client, match["name"], match["version"])
+        else:
+            raise ValueError(f"cannot parse model URI {uri!r}; accepted: {_ACCEPTED_FORMS}")
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_version.source,
+            dst_path=str(dst_dir),
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
+        return ResolvedModel(
+            local_path=Path(local),
+            name=model_version.name,
+            version=str(model_version.version),
+            run_id=model_version.run_id or None,
+        )
+    if uri.startswith("runs:/"):
+        match = _RUNS_RE.match(uri)
+        if match is None:
+            raise ValueError(f"cannot parse run URI {uri!r}; expected runs:/<run_id>/<path>")
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(dst_dir), tracking_uri=tracking_uri, registry_uri=tracking_uri
+        )
+        return ResolvedModel(local_path=Path(local), name=None, version=None, run_id=match["run_id"])
+    if uri.startswith("file:"):
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI {uri!r} names a remote host; only local file:// URIs are supported")
+        path = Path(url2pathname(parsed.path))  # url2pathname also percent-decodes
+        return ResolvedModel(local_path=_local_folder(path, uri), name=None, version=None, run_id=None)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]+:", uri):
+        raise ValueError(f"unsupported model URI scheme in {uri!r}; accepted: {_ACCEPTED_FORMS}")
+    return ResolvedModel(local_path=_local_folder(Path(uri), uri), name=None, version=None, run_id=None)

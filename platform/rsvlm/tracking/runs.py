@@ -1,0 +1,92 @@
+"""Experiments and runs: created and finished on the driver, with explicit ids (no active-run state).
+
+Experiments are always created with an explicit artifact location. Left to MLflow, a sqlite tracking URI
+puts artifacts in ``./mlartifacts`` relative to whatever the current directory of the creating process
+happens to be; we want them beside the database (or in the configured bucket) for every process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow.entities import LifecycleStage
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from rsvlm.config.schema import TrackingConfig
+from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+_FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# ``s3://``, ``file:``, ``mlflow-artifacts:`` ...; at least two letters so ``C:\\`` stays a local path.
+_URI_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
+
+
+def normalize_artifact_location(artifact_location: str | None) -> str | None:
+    """An absolute ``file://`` URI for a local path; any URI (``s3://``, ``file:``...) unchanged; empty -> None.
+
+    None lets a tracking server choose (its ``--default-artifact-root``).
+    """
+    if not artifact_location:
+        return None
+    if _URI_SCHEME_RE.match(artifact_location):
+        return artifact_location
+    return Path(artifact_location).expanduser().resolve().as_uri()
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created with ``artifact_location`` if missing (restored if deleted)."""
+    location = normalize_artifact_location(artifact_location)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            # Another job created it between our lookup and create: use theirs.
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        # A deleted experiment still owns its name; creating another would fail, so bring it back.
+        client.restore_experiment(experiment.experiment_id)
+    if location is not None and experiment.artifact_location.rstrip("/") != location.rstrip("/"):
+        # An experiment's artifact location is fixed at creation; say so instead of silently ignoring config.
+        log.warning(
+            "Experiment %r already exists with artifact location %s (configured: %s); using the existing one.",
+            name, experiment.artifact_location, location,
+        )
+    return experiment.experiment_id
+
+
+def create_run(
+    tracking: TrackingConfig,
+    run_name: str,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Create a run in ``tracking.experiment`` and return its id (tags masked; parent tag when nested)."""
+    if not tracking.enabled:
+        raise ValueError("tracking.enabled is false: check it before creating an MLflow run")
+    client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    experiment_id = ensure_experiment(client, tracking.experiment, tracking.artifact_location)
+    run_tags = flatten_config(tags or {}, max_length=MAX_TAG_VALUE_LENGTH)
+    if parent_run_id:
+        run_tags[PARENT_RUN_TAG] = parent_run_id
+    run = client.create_run(experiment_id, tags=run_tags, run_name=run_name)
+    return run.info.run_id
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run terminated with ``status`` (FINISHED, FAILED or KILLED) and set its end time."""
+    if status not in _FINAL_STATUSES:
+        raise ValueError(f"status must be one of {_FINAL_STATUSES}, got {status!r}")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_terminated(run_id, status=status)

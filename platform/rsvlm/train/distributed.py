@@ -1,0 +1,117 @@
+"""Everything that knows about Ray Train, ranks and devices. No other module does.
+
+The training loop asks this module for its context, its data shard, a device-ready model, and to report;
+the driver asks it for a trainer. ``scaling.num_workers: 0`` runs the same loop in the driver process (Ray
+Train's local mode), which is what unit tests use.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from rsvlm.config.schema import JobConfig
+
+
+def ensure_ray(address: Optional[str] = None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, as set by ``ray job submit``), else start a local one."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True,
+             configure_logging=True, logging_level="WARNING")
+
+
+def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any], job: JobConfig,
+                 datasets: dict[str, ray.data.Dataset], run_name: str) -> TorchTrainer:
+    """A ``TorchTrainer`` for ``job.scaling`` whose checkpoints go under ``job.train.storage_uri/run_name``."""
+    scaling = job.scaling
+    return TorchTrainer(
+        train_loop_per_worker=train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker} if scaling.num_workers else None,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=_absolute(job.train.storage_uri),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+
+def worker_context(torch_threads: int = 0) -> WorkerContext:
+    """This worker's rank, world size and device; sets torch's thread count.
+
+    Ray sets ``OMP_NUM_THREADS`` to the whole CPUs it granted the worker (1 for a fraction), which can halve
+    a CPU worker's speed on a small machine; ``torch_threads > 0`` overrides it (0 keeps Ray's choice).
+    """
+    context = ray.train.get_context()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    return WorkerContext(context.get_world_rank(), context.get_world_size(), device)
+
+
+def prepare_model(model: nn.Module) -> nn.Module:
+    """Move to this worker's device and wrap in DDP when there is more than one worker."""
+    if ray.train.get_context().get_world_size() > 1:
+        return ray.train.torch.prepare_model(model)
+    return model.to(worker_device())
+
+
+def worker_device() -> torch.device:
+    return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (what gets saved)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def dataset_shard(name: str = "train"):
+    """This worker's share of the dataset passed to the trainer under ``name``."""
+    shard = ray.train.get_dataset_shard(name)
+    if shard is None:
+        raise RuntimeError(f"the trainer was given no dataset named {name!r}")
+    return shard
+
+
+@contextmanager
+def checkpoint_dir() -> Iterator[Path]:
+    """A scratch folder for a checkpoint that :func:`report` hands to Ray Train (which copies it to storage)."""
+    with tempfile.TemporaryDirectory(prefix="rsvlm-ckpt-") as directory:
+        yield Path(directory)
+
+
+def report(metrics: dict[str, float], checkpoint: Optional[Path] = None) -> None:
+    """Report metrics (and a checkpoint folder, from rank 0) to Ray Train. Every rank must call it."""
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
