@@ -12,7 +12,7 @@ On a Ray cluster:
 from __future__ import annotations
 
 from rsvlm.config import JobConfig, hydra_main
-from rsvlm.tracking import Promotion, promote_if_better
+from rsvlm.tracking.promotion import Promotion, promote_if_better
 
 CHAMPION = "champion"
 

@@ -64,9 +64,9 @@ def to_dict(job: JobConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(job), enum_to_str=True)  # type: ignore[return-value]
 
 
-def from_dict(data: Mapping[str, Any]) -> JobConfig:
-    """Inverse of :func:`to_dict`, validating again."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), data))  # type: ignore[return-value]
+def from_dict(data: Mapping[str, Any], schema: type = JobConfig) -> Any:
+    """Inverse of :func:`to_dict` for ``schema`` (a whole job, or one part such as ``StrategyConfig``)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
 
 
 def compose(overrides: Optional[list[str]] = None, config_name: str = "config") -> JobConfig:

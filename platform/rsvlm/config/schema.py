@@ -114,6 +114,10 @@ class TinyModelConfig:
     text_intermediate_size: int = 192
     vocab_size: int = 1024
     max_position_embeddings: int = 512
+    # LoRA keeps lm_head and the final norm frozen. At Llama's default init (0.02) the largest logit a
+    # frozen random head can reach is about hidden_size * 0.02 ≈ 2, so p(answer) is capped near 1% and LoRA
+    # plateaus at loss ≈ 5; a pretrained head has no such cap. A larger init makes the tiny stand-in behave.
+    initializer_range: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.image_size % self.patch_size == 0, "model.tiny.image_size", "must be a multiple of patch_size")

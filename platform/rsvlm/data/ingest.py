@@ -17,6 +17,9 @@ def training_dataset(prepared_uri: str, builder: SampleBuilder, *, shuffle: bool
     Lines are read as text and parsed in the map step: conversations vary in shape, and Arrow's JSON schema
     inference fails on such columns. Shuffling the lines is cheap, before any image is decoded.
     """
+    # Progress bars turn into a log line per operator every few seconds in job logs; the training loop
+    # prints its own progress.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     manifest = read_manifest(prepared_uri)
     paths = [str(Path(prepared_uri) / shard) for shard in manifest["shards"]]
     dataset = ray.data.read_text(paths)

@@ -54,10 +54,11 @@ MAX_COUNT = 4
 # image) along one axis, and that offset is at least DOMINANCE times the offset along the other axis.
 RELATION_MIN_OFFSET = 0.2
 RELATION_DOMINANCE = 2.0
+_OPPOSITE = MappingProxyType({"left of": "right of", "right of": "left of", "above": "below", "below": "above"})
 
 # Probability of 0, 1, 2, 3, 4 instances of a category. P(0) ≈ 0.5 keeps each category present in about half
 # the scenes, so a blind model cannot answer presence questions from the category name alone.
-_COUNT_P = (0.5, 0.24, 0.13, 0.08, 0.05)
+_COUNT_P = (0.5, 0.3, 0.1, 0.06, 0.04)
 # Ships only exist on water, so water scenes get more of them to keep ships present in about half the scenes.
 _SHIP_COUNT_P = (0.12, 0.38, 0.25, 0.15, 0.10)
 _WATER_P = 0.6
@@ -68,7 +69,7 @@ _ROADS_P = (0.3, 0.5, 0.2)
 _SIZES = MappingProxyType({
     "storage tank": ((0.12, 0.17), (1.0, 1.0)),
     "ship": ((0.20, 0.28), (0.30, 0.38)),
-    "airplane": ((0.20, 0.26), (0.90, 1.10)),
+    "airplane": ((0.18, 0.24), (0.90, 1.10)),
     "vehicle": ((0.09, 0.11), (0.50, 0.60)),
     "tennis court": ((0.24, 0.30), (0.48, 0.55)),
 })
@@ -110,9 +111,6 @@ class Rect:
     y1: float
     x2: float
     y2: float
-
-    def polygon(self) -> list[tuple[float, float]]:
-        return [(self.x1, self.y1), (self.x2, self.y1), (self.x2, self.y2), (self.x1, self.y2)]
 
     def contains(self, x: float, y: float) -> bool:
         return self.x1 <= x <= self.x2 and self.y1 <= y <= self.y2
@@ -204,6 +202,10 @@ def _overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]])
     return True
 
 
+def _rects_meet(a: Rect, b: Rect) -> bool:
+    return a.x1 <= b.x2 and b.x1 <= a.x2 and a.y1 <= b.y2 and b.y1 <= a.y2
+
+
 def _grown(box: Box, margin: float) -> Box:
     return Box(box.cx, box.cy, box.w + 2 * margin, box.h + 2 * margin, box.angle)
 
@@ -225,17 +227,21 @@ def generate_scene(rng: np.random.Generator, image_id: str, size: int) -> Scene:
     """A random scene layout: maybe a water band, 0–2 roads, and non-overlapping objects (0–4 per category)."""
     water = _water_band(rng)
     roads = _roads(rng, water)
-    counts = {c: int(rng.choice(MAX_COUNT + 1, p=_COUNT_P)) for c in CATEGORIES}
-    counts["ship"] = int(rng.choice(MAX_COUNT + 1, p=_SHIP_COUNT_P)) if water is not None else 0
+    counts = {c: int(rng.choice(MAX_COUNT + 1, p=_SHIP_COUNT_P if c == "ship" else _COUNT_P)) for c in CATEGORIES}
+    if water is None:
+        counts["ship"] = 0  # ships only on water
     placed: list[SceneObject] = []
+    footprints: list[_Footprint] = []
     for category in _PLACEMENT_ORDER:
         for _ in range(counts[category]):
             # An object that finds no room after a few tries is simply left out: the ground truth is whatever
             # was placed, so counts stay exact.
             for _ in range(_PLACEMENT_TRIES):
                 box = _propose(category, rng, water, roads)
-                if _fits(category, box, placed, water, roads):
+                footprint = _footprint(box)
+                if _fits(category, box, footprint, footprints, water, roads):
                     placed.append(SceneObject(category, box))
+                    footprints.append(footprint)
                     break
     return Scene(image_id=image_id, size=size, objects=placed, water=water, roads=roads)
 
@@ -277,24 +283,62 @@ def _propose(category: str, rng: np.random.Generator, water: Optional[Rect], roa
         angle = int(rng.integers(0, 360))  # the silhouette has a nose, so all headings differ
     else:
         angle = int(rng.integers(0, 180))  # a rectangle turned by 180° is the same rectangle
-    if category == "ship" and water is not None:
-        cx, cy = rng.uniform(water.x1, water.x2), rng.uniform(water.y1, water.y2)
-    elif category == "vehicle" and roads and rng.random() < 0.6:
+    if category == "vehicle" and roads and rng.random() < 0.6:
         # Most vehicles drive along a road: centred near its axis and heading along it.
         road = roads[int(rng.integers(len(roads)))]
         along, across = rng.uniform(0.05, 0.95), road.center + rng.uniform(-0.25, 0.25) * road.width
         cx, cy = (across, along) if road.vertical else (along, across)
-        angle = (90 if road.vertical else 0) + int(rng.integers(-6, 7))
-        angle %= 180
-    else:
-        cx, cy = rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0)
+        angle = ((90 if road.vertical else 0) + int(rng.integers(-6, 7))) % 180
+        return Box(_q(cx), _q(cy), _q(w), _q(h), float(angle))
+    # Draw the centre only where the whole rotated box fits its region (ships: the water, others: the land
+    # beside it), so few proposals are wasted; _fits still checks everything exactly. The geochat answer
+    # writes the *unrotated* extents, which the format clamps to the image: those must stay inside it too, or
+    # the answer for a turned object near the border would describe a different box.
+    theta = math.radians(angle)
+    ex = (abs(w * math.cos(theta)) + abs(h * math.sin(theta))) / 2 + _EDGE_MARGIN
+    ey = (abs(w * math.sin(theta)) + abs(h * math.cos(theta))) / 2 + _EDGE_MARGIN
+    region = water if category == "ship" else _land(water)
+    ux, uy = w / 2 + _EDGE_MARGIN, h / 2 + _EDGE_MARGIN
+    cx = _uniform_within(rng, max(region.x1 + ex, ux), min(region.x2 - ex, 1 - ux))
+    cy = _uniform_within(rng, max(region.y1 + ey, uy), min(region.y2 - ey, 1 - uy))
     return Box(_q(cx), _q(cy), _q(w), _q(h), float(angle))
 
 
-def _fits(category: str, box: Box, placed: list[SceneObject], water: Optional[Rect], roads: list[Road]) -> bool:
+def _uniform_within(rng: np.random.Generator, lo: float, hi: float) -> float:
+    # An empty range (the object cannot fit at this angle) still yields a value; _fits then rejects it.
+    return rng.uniform(lo, max(lo, hi))
+
+
+def _land(water: Optional[Rect]) -> Rect:
+    """The land: the image minus the water band along one edge (a rectangle too)."""
+    if water is None:
+        return Rect(0.0, 0.0, 1.0, 1.0)
+    if water.y1 == 0.0 and water.y2 == 1.0:  # band along the left or right edge
+        return Rect(water.x2, 0.0, 1.0, 1.0) if water.x1 == 0.0 else Rect(0.0, 0.0, water.x1, 1.0)
+    return Rect(0.0, water.y2, 1.0, 1.0) if water.y1 == 0.0 else Rect(0.0, 0.0, 1.0, water.y1)
+
+
+@dataclass(frozen=True)
+class _Footprint:
+    """An object grown by half the minimum gap: its polygon and bounding circle (for a cheap first test)."""
+
+    cx: float
+    cy: float
+    radius: float
+    polygon: tuple[tuple[float, float], ...]
+
+
+def _footprint(box: Box) -> _Footprint:
+    grown = _grown(box, _GAP / 2)
+    return _Footprint(box.cx, box.cy, math.hypot(grown.w, grown.h) / 2, tuple(grown.polygon()))
+
+
+def _fits(category: str, box: Box, footprint: _Footprint, others: list[_Footprint], water: Optional[Rect],
+          roads: list[Road]) -> bool:
     corners = box.polygon()
+    unrotated = Box(box.cx, box.cy, box.w, box.h).polygon()  # what the geochat answer writes, see _propose
     lo, hi = _EDGE_MARGIN, 1.0 - _EDGE_MARGIN
-    if not all(lo <= x <= hi and lo <= y <= hi for x, y in corners):
+    if not all(lo <= x <= hi and lo <= y <= hi for x, y in corners + unrotated):
         return False
     if category == "ship":
         # Ships sit wholly on water, a little away from the shore.
@@ -303,14 +347,21 @@ def _fits(category: str, box: Box, placed: list[SceneObject], water: Optional[Re
         if shrunk is None or not all(shrunk.contains(x, y) for x, y in corners):
             return False
     else:
-        grown = _grown(box, _GAP / 2).polygon()
-        if water is not None and _overlap(grown, water.polygon()):
+        # Against axis-aligned water and roads the footprint's bounding rectangle is a cheap test; it is
+        # slightly stricter than needed near a rotated object's corners, which only widens the gap.
+        xs, ys = [x for x, _ in footprint.polygon], [y for _, y in footprint.polygon]
+        bounds = Rect(min(xs), min(ys), max(xs), max(ys))
+        if water is not None and _rects_meet(bounds, water):
             return False
         # Only vehicles may stand on roads; tanks, planes and courts sit beside them.
-        if category != "vehicle" and any(_overlap(grown, r.rect().polygon()) for r in roads):
+        if category != "vehicle" and any(_rects_meet(bounds, r.rect()) for r in roads):
             return False
-    grown = _grown(box, _GAP / 2).polygon()
-    return not any(_overlap(grown, _grown(o.box, _GAP / 2).polygon()) for o in placed)
+    # Objects whose bounding circles are apart cannot overlap; only the others need the exact test.
+    return not any(
+        math.hypot(footprint.cx - o.cx, footprint.cy - o.cy) <= footprint.radius + o.radius
+        and _overlap(footprint.polygon, o.polygon)
+        for o in others
+    )
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -322,28 +373,30 @@ def render_scene(scene: Scene, rng: np.random.Generator) -> Image.Image:
     base = np.array(_GROUND_PALETTE[int(rng.integers(len(_GROUND_PALETTE)))], dtype=np.float32)
     # Fields and soil patches: smooth low-frequency noise, plus fine grain so the ground is never flat.
     patches = _smooth_noise(rng, size, cells=6) * 16.0
-    grain = rng.normal(0.0, 5.0, (size, size, 1)).astype(np.float32)
-    tint = rng.normal(0.0, 3.0, (1, 1, 3)).astype(np.float32)
-    pixels = base + patches + grain + tint
-
-    ys, xs = (np.arange(size, dtype=np.float32) + 0.5) / size, (np.arange(size, dtype=np.float32) + 0.5) / size
+    # One field of fine grain serves every layer (each layer scales it): the layers never show through one
+    # another, and drawing one field instead of four keeps rendering fast.
+    grain = _noise(rng, (size, size, 1), 1.0)
+    tint = _noise(rng, (1, 1, 3), 3.0)
+    pixels = base + patches + grain * 5.0 + tint
     for road in scene.roads:
-        mask = _rect_mask(road.rect(), xs, ys)
-        pixels[mask] = np.array(_ROAD_COLOUR, np.float32) + rng.normal(0.0, 3.0, (int(mask.sum()), 1))
+        _paint(pixels, road.rect(), _ROAD_COLOUR, grain * 3.0)
     if scene.water is not None:
         water = scene.water
         # A strip of sand along the shore, then the water with gentle low-frequency waves.
-        beach = _rect_mask(Rect(water.x1 - 0.025, water.y1 - 0.025, water.x2 + 0.025, water.y2 + 0.025), xs, ys)
-        pixels[beach] = np.array(_SAND_COLOUR, np.float32) + rng.normal(0.0, 4.0, (int(beach.sum()), 1))
-        mask = _rect_mask(water, xs, ys)
-        waves = _smooth_noise(rng, size, cells=8)[mask] * 8.0
-        pixels[mask] = np.array(_WATER_COLOUR, np.float32) + waves + rng.normal(0.0, 2.0, (int(mask.sum()), 1))
+        beach = Rect(water.x1 - 0.025, water.y1 - 0.025, water.x2 + 0.025, water.y2 + 0.025)
+        _paint(pixels, beach, _SAND_COLOUR, grain * 4.0)
+        _paint(pixels, water, _WATER_COLOUR, _smooth_noise(rng, size, cells=8) * 8.0 + grain * 2.0)
 
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         _DRAWERS[obj.category](draw, obj.box, size)
     return image
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    # float32 draws are about twice as fast as float64 ones, and 8-bit pixels need no more precision.
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -354,10 +407,13 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return (np.asarray(up, dtype=np.float32)[..., None] / 127.5) - 1.0
 
 
-def _rect_mask(rect: Rect, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    inside_x = (xs >= rect.x1) & (xs <= rect.x2)
-    inside_y = (ys >= rect.y1) & (ys <= rect.y2)
-    return inside_y[:, None] & inside_x[None, :]
+def _paint(pixels: np.ndarray, rect: Rect, colour: tuple[int, int, int], texture: np.ndarray) -> None:
+    """Fill the pixels whose centres lie in ``rect`` with ``colour`` plus the same pixels of ``texture``."""
+    size = pixels.shape[0]
+    # Rectangles become slices (far faster than boolean masks): pixel i covers [i, i + 1) / size.
+    r0, r1 = max(0, math.ceil(rect.y1 * size - 0.5)), min(size, math.floor(rect.y2 * size - 0.5) + 1)
+    c0, c1 = max(0, math.ceil(rect.x1 * size - 0.5)), min(size, math.floor(rect.x2 * size - 0.5) + 1)
+    pixels[r0:r1, c0:c1] = np.asarray(colour, np.float32) + texture[r0:r1, c0:c1]
 
 
 def _local(box: Box, size: int, points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -504,7 +560,7 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, *, circular: boo
         items.append({"category": kind, "text": text, "answer": answer,
                       "group": len({i["group"] for i in items}) if group is None else group})
 
-    # presence: one "yes" and one "no" per scene when possible keeps the dataset balanced 50/50.
+    # presence: one "yes" and one "no" per scene (when the scene allows) keeps the dataset balanced 50/50.
     for pool, answer in ((present, "yes"), (absent, "no")):
         if pool:
             add("presence", presence_question(_pick(rng, pool)), answer)
@@ -525,11 +581,14 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, *, circular: boo
         category = _pick(rng, list(single))
         add("grounding", grounding_question(category), format_boxes([single[category].box], BoxConvention.geochat))
 
-    # relation: between two single objects whose relative position is clear-cut.
+    # relation: between two single objects whose relative position is clear-cut; up to two different pairs,
+    # because few scenes have two singletons and this is the hardest question type to learn.
     clear = [(a, b, rel) for a in single for b in single
-             if a != b and (rel := relation_between(single[a].box, single[b].box)) is not None]
-    if clear:
-        a, b, relation = clear[int(rng.integers(len(clear)))]
+             if a < b and (rel := relation_between(single[a].box, single[b].box)) is not None]
+    for index in rng.permutation(len(clear))[:2]:
+        a, b, relation = clear[int(index)]
+        if rng.random() < 0.5:  # ask both ways round: "a relative to b" and "b relative to a"
+            a, b, relation = b, a, _OPPOSITE[relation]
         group = len({i["group"] for i in items})
         for rotation in range(4) if circular else [int(rng.integers(4))]:
             text, options = relation_question(a, b, rotation)
@@ -574,10 +633,11 @@ def corpus() -> list[str]:
                 texts.append(comparison_question(a, b))
                 texts += [relation_question(a, b, rotation)[0] for rotation in range(4)]
     texts += [f"{letter}. {option}" for letter in OPTION_LETTERS for option in RELATIONS]
-    # Box answers: every digit, both signs of angle and the brackets, in the exact geochat layout.
-    texts += [format_boxes([Box.from_corners(x / 100, x / 100, (x + 9) / 100, (x + 1) / 100, angle)], BoxConvention.geochat)
-              for x in range(0, 91, 7) for angle in (0.0, 45.0, 90.0, 135.0, 179.0, 271.0, -30.0)]
-    texts.append("{<0><0><100><100>|<0>}")
+    # Box answers in the exact geochat layout: boxes of realistic sizes that use every digit, angles 0–359.
+    for i, x in enumerate(range(2, 84, 3)):
+        y, angle = (x * 7) % 76 + 2, (i * 37) % 360
+        box = Box.from_corners(x / 100, y / 100, (x + 10 + i % 16) / 100, (y + 5 + i % 13) / 100, angle)
+        texts.append(format_boxes([box], BoxConvention.geochat))
     # Captions: each category at every count, a few mixtures, and every terrain.
     terrains = [(water, roads) for water in (False, True) for roads in (0, 1, 2)]
     for n in range(MAX_COUNT + 1):
@@ -586,7 +646,7 @@ def corpus() -> list[str]:
             texts += [caption_text(counts, water, roads) for water, roads in terrains]
     for n in range(1, MAX_COUNT + 1):
         texts.append(caption_text({c: n for c in CATEGORIES}, True, 1))
-    return texts
+    return list(dict.fromkeys(texts))  # drop repeats, keep the order
 
 
 # ----------------------------------------------------------------------------------------------- dataset files
@@ -600,6 +660,10 @@ def write_dataset(out_dir: str | Path, *, seed: int = 0, num_train_images: int =
     ``test_questions.jsonl`` (public benchmark format), ``scenes.json`` (ground truth). Every file is written
     to a temporary name and renamed, so a crash never leaves a half-written one.
     """
+    if seed < 0 or num_train_images < 0 or num_test_images < 0 or image_size < 16:
+        raise ValueError(f"write_dataset: need seed >= 0, image counts >= 0 and image_size >= 16, got seed={seed}, "
+                         f"num_train_images={num_train_images}, num_test_images={num_test_images}, "
+                         f"image_size={image_size}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     scenes: list[dict] = []
@@ -668,5 +732,6 @@ def _write_text(path: Path, text: str) -> None:
 
 def _save_png(image: Image.Image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    image.save(tmp, format="PNG")
+    # Level 1: 3× faster than the default and, on noisy ground, no bigger.
+    image.save(tmp, format="PNG", compress_level=1)
     os.replace(tmp, path)

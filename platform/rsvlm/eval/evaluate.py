@@ -16,7 +16,8 @@ from rsvlm.eval.benchmark import (majority_answers, prediction_rows, read_questi
 from rsvlm.eval.generate import Prompt, generate_answers
 from rsvlm.model.build import LoadedModel, load_model
 from rsvlm.strategies.checkpoint import load_checkpoint
-from rsvlm.tracking import create_run, finish_run, make_logger, resolve_model_uri, set_model_version_tags
+from rsvlm.tracking import create_run, finish_run, make_logger, resolve_model_uri
+from rsvlm.tracking.promotion import set_model_version_tags
 
 BASE_MODEL = "base"
 

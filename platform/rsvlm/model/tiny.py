@@ -82,6 +82,7 @@ def build_tiny_llava(cfg: TinyModelConfig, seed: int) -> tuple[LlavaForCondition
         bos_token_id=ids["<s>"],
         eos_token_id=ids["</s>"],
         pad_token_id=ids["<pad>"],
+        initializer_range=cfg.initializer_range,
     )
     config = LlavaConfig(
         vision_config=vision,

@@ -53,10 +53,9 @@ def load_checkpoint(directory: Path) -> LoadedModel:
     spec_path = directory / STRATEGY_FILE
     if not spec_path.is_file():
         raise FileNotFoundError(f"{directory} is not an rsvlm checkpoint (no {STRATEGY_FILE})")
-    spec = json.loads(spec_path.read_text())
-    plain = from_dict({"strategy": spec["config"], "model": spec["base_model"]})
-    base = load_model(plain.model)
-    model = build_strategy(plain.strategy).load(base.model, directory)
+    strategy, model_config = checkpoint_configs(directory)
+    base = load_model(model_config)
+    model = build_strategy(strategy).load(base.model, directory)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(directory / PROCESSOR_DIR)
@@ -66,5 +65,4 @@ def load_checkpoint(directory: Path) -> LoadedModel:
 def checkpoint_configs(directory: Path) -> tuple[StrategyConfig, ModelConfig]:
     """The strategy and base-model configs a checkpoint was trained with."""
     spec = json.loads((Path(directory) / STRATEGY_FILE).read_text())
-    plain = from_dict({"strategy": spec["config"], "model": spec["base_model"]})
-    return plain.strategy, plain.model
+    return from_dict(spec["config"], StrategyConfig), from_dict(spec["base_model"], ModelConfig)

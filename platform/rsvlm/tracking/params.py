@@ -85,20 +85,21 @@ def flatten_config(cfg: Mapping[str, Any], max_length: int = MAX_PARAM_VALUE_LEN
     """Flatten a nested config into MLflow params: ``{"strategy": {"rank": 8}}`` -> ``{"strategy.rank": "8"}``.
 
     Lists are JSON-encoded, enums become their value, ``None`` becomes ``"None"``. A value whose leaf key
-    names a secret becomes ``***``; credentials inside URLs are masked; values are cut to ``max_length``.
+    names a secret becomes ``***`` (a secret-named section is masked whole); credentials inside URLs are
+    masked; values are cut to ``max_length``.
     """
     out: dict[str, str] = {}
 
     def visit(prefix: str, node: Any) -> None:
+        if prefix and is_secret_key(prefix.rsplit(".", 1)[-1]):
+            # Masked even when empty/None, so the params do not reveal whether a secret was configured; a
+            # secret-named section (``credentials: {...}``) is masked whole rather than flattened.
+            out[prefix] = MASK
+            return
         node = _to_plain(node)
         if isinstance(node, Mapping):
             for key, child in node.items():
                 visit(f"{prefix}.{key}" if prefix else str(key), child)
-            return
-        leaf = prefix.rsplit(".", 1)[-1]
-        if is_secret_key(leaf):
-            # Masked even when empty/None, so the param set does not reveal whether a secret was configured.
-            out[prefix] = MASK
             return
         out[prefix] = truncate(mask_url_credentials(_leaf_to_str(node)), max_length)
 

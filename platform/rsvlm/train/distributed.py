@@ -102,8 +102,17 @@ def dataset_shard(name: str = "train"):
 
 
 @contextmanager
-def checkpoint_dir() -> Iterator[Path]:
-    """A scratch folder for a checkpoint that :func:`report` hands to Ray Train (which copies it to storage)."""
+def checkpoint_dir(job: JobConfig, run_name: str, name: str) -> Iterator[Path]:
+    """A folder to write a checkpoint into before :func:`report` hands it to Ray Train.
+
+    Workers write to scratch space and Ray Train copies it to ``storage_uri`` (which may be S3). Local mode
+    reports the folder where it is, so there the checkpoint is written straight under ``storage_uri``.
+    """
+    if job.scaling.num_workers == 0:
+        directory = Path(_absolute(job.train.storage_uri)) / run_name / name
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory
+        return
     with tempfile.TemporaryDirectory(prefix="rsvlm-ckpt-") as directory:
         yield Path(directory)
 

@@ -42,7 +42,7 @@ def run_finetune(job: JobConfig) -> FinetuneResult:
     if job.tracking.enabled:
         run_id = create_run(job.tracking, run_name, tags={"rsvlm.job": "finetune"})
         make_logger(job.tracking.uri, run_id, True).log_params(flatten_config(to_dict(job)))
-    trainer = distributed.make_trainer(train_loop_per_worker, {"job": to_dict(job), "mlflow_run_id": run_id},
+    trainer = distributed.make_trainer(train_loop_per_worker, {"job": to_dict(job), "mlflow_run_id": run_id, "run_name": run_name},
                                        job, {"train": dataset}, run_name)
     try:
         result = trainer.fit()

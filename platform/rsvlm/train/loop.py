@@ -31,6 +31,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train ``config["job"]`` for ``train.max_steps`` steps and report the final checkpoint from rank 0.
 
     ``config["mlflow_run_id"]`` is the run the driver created; rank 0 logs into it, other ranks log nothing.
+    ``config["run_name"]`` names the Ray Train run (and its folder under ``train.storage_uri``).
     """
     job: JobConfig = from_dict(config["job"])
     context = distributed.worker_context(job.train.torch_threads)
@@ -81,7 +82,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     final = {"step": job.train.max_steps, "loss": metrics["train/loss"], "fully_masked_samples": masked,
              "samples_seen": seen}
-    with distributed.checkpoint_dir() as directory:
+    with distributed.checkpoint_dir(job, config["run_name"], f"checkpoint_final_step{job.train.max_steps}") as directory:
         checkpoint = None
         if context.is_rank_zero:
             save_checkpoint(directory, distributed.unwrap(model), loaded.processor, job, final)

@@ -1,0 +1,109 @@
+"""rsvlm.tracking through a real ``mlflow server`` subprocess (REST client path, not direct sqlite)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rsvlm.config.schema import TrackingConfig
+from rsvlm.tracking import (
+    MASK,
+    MlflowRunLogger,
+    create_run,
+    finish_run,
+    get_alias_version,
+    make_logger,
+    register_model_version,
+    resolve_model_uri,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _checkpoint_folder(root: Path) -> Path:
+    folder = root / "checkpoint"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "config.json").write_text('{"rank": 8}')
+    (folder / "adapter" / "weights.bin").write_bytes(bytes(range(256)) * 64)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("artifact_location", ["client", "server-default"])
+def test_log_register_resolve_through_server(mlflow_server, tmp_path, monkeypatch, artifact_location):
+    monkeypatch.chdir(tmp_path)
+    location = str(tmp_path / "client-artifacts") if artifact_location == "client" else ""
+    tracking = TrackingConfig(uri=mlflow_server, artifact_location=location, experiment=f"it-{artifact_location}")
+
+    run_id = create_run(tracking, "server-run", tags={"job": "finetune"})
+    logger = make_logger(tracking.uri, run_id, is_rank_zero=True)
+    logger.log_params({"strategy": {"rank": 8}, "hub": {"token": "hf_leak"}})
+    for step, loss in enumerate([3.0, 2.0, float("nan")]):
+        logger.log_metrics({"train/loss": loss}, step=step)
+    folder = _checkpoint_folder(tmp_path / "local")
+    logger.log_artifacts(folder, artifact_path="checkpoint")
+    finish_run(tracking.uri, run_id)
+
+    client = MlflowClient(tracking.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"strategy.rank": "8", "hub.token": MASK}
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert [m.value for m in history[:2]] == [3.0, 2.0]
+    assert history[2].value != history[2].value  # NaN survives the REST round trip
+    if location:
+        assert run.info.artifact_uri.startswith((tmp_path / "client-artifacts").resolve().as_uri() + "/")
+    assert not (tmp_path / "mlartifacts").exists()
+
+    name = f"rs-tiny-{artifact_location}"
+    assert register_model_version(tracking.uri, name, run_id, "checkpoint", alias="candidate") == "1"
+    assert get_alias_version(tracking.uri, name, "candidate") == "1"
+
+    resolved = resolve_model_uri(f"models:/{name}@candidate", tracking.uri, tmp_path / "download")
+    assert (resolved.name, resolved.version, resolved.run_id) == (name, "1", run_id)
+    assert _tree_bytes(resolved.local_path) == _tree_bytes(folder)
+
+    with pytest.raises(LookupError, match="candidate"):
+        resolve_model_uri(f"models:/{name}@champion", tracking.uri, tmp_path / "nowhere")
+
+
+def test_metrics_are_dropped_while_server_is_down_and_resume_after(
+    mlflow_server_launcher, tmp_path, monkeypatch, caplog
+):
+    """Server down -> one warning, metrics dropped; server back on the same address -> logging resumes."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    db = tmp_path / "mlflow.db"
+    # The run exists in the database before any server serves it (created directly through sqlite).
+    tracking = TrackingConfig(uri=f"sqlite:///{db}", artifact_location=str(tmp_path / "artifacts"), experiment="outage")
+    run_id = create_run(tracking, "outage")
+
+    port = _free_port()
+    logger = MlflowRunLogger(f"http://127.0.0.1:{port}", run_id, retry_interval_s=0)
+    with caplog.at_level(logging.WARNING, logger="rsvlm.tracking"):
+        logger.log_metrics({"train/loss": 9.0}, step=0)  # nobody listens: dropped
+        logger.log_metrics({"train/loss": 8.0}, step=1)  # still down: dropped, no second warning
+        outage_warnings = [r for r in caplog.records if r.name.startswith("rsvlm.tracking")]
+        assert len(outage_warnings) == 1 and "DROPPED" in outage_warnings[0].getMessage()
+
+        with mlflow_server_launcher(db, tmp_path / "artifacts", port=port):
+            logger.log_metrics({"train/loss": 1.0}, step=2)  # back: logged
+        recovery = [r for r in caplog.records if r.name.startswith("rsvlm.tracking")][1:]
+        assert len(recovery) == 1 and "2 metric batch(es)" in recovery[0].getMessage()
+
+    history = MlflowClient(tracking.uri).get_metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(2, 1.0)]  # dropped, not replayed

@@ -1,0 +1,329 @@
+"""rsvlm.tracking against a real MLflow (sqlite backend, file:// artifacts, both in tmp_path); no mocks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from enum import Enum
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from rsvlm.config.schema import StrategyName, TrackingConfig
+from rsvlm.tracking import (
+    MASK,
+    MAX_PARAM_VALUE_LENGTH,
+    TRUNCATION_MARKER,
+    MlflowRunLogger,
+    NullRunLogger,
+    RunLogger,
+    create_run,
+    finish_run,
+    flatten_config,
+    get_alias_version,
+    make_logger,
+    redact,
+    register_model_version,
+    resolve_model_uri,
+    set_alias,
+)
+
+
+class Color(Enum):
+    red = "red"
+
+
+# --------------------------------------------------------------------------------------------- params
+
+
+def test_flatten_nested_keys_enums_lists_none():
+    flat = flatten_config(
+        {
+            "strategy": {"name": StrategyName.lora, "rank": 8, "targets": ["q_proj", "v_proj"]},
+            "data": {"limit": None, "shuffle": True, "colors": [Color.red]},
+            "lr": 2e-5,
+        }
+    )
+    assert flat == {
+        "strategy.name": "lora",
+        "strategy.rank": "8",
+        "strategy.targets": '["q_proj", "v_proj"]',
+        "data.limit": "None",
+        "data.shuffle": "True",
+        "data.colors": '["red"]',
+        "lr": "2e-05",
+    }
+    assert json.loads(flat["strategy.targets"]) == ["q_proj", "v_proj"]
+
+
+def test_flatten_masks_secret_leaf_keys_at_any_depth_case_insensitively():
+    flat = flatten_config(
+        {
+            "storage": {
+                "s3": {"AWS_SECRET_ACCESS_KEY": "wJalrXUt", "access_key_id": "AKIA123", "bucket": "rs"},
+                "db": {"Password": "hunter2", "passwd": "x", "user": "me"},
+            },
+            "hub": {"hf_token": "hf_abc", "apiKey": "k1", "api_key": "k2", "credentials": {"file": "c.json"}},
+            "session_key": "s",
+            "client_secret": None,
+            # Token *counts* and ids are not secrets and must stay readable.
+            "benchmark": {"max_new_tokens": 24, "pad_token_id": 0, "tokenizer": "byte"},
+        }
+    )
+    for key in (
+        "storage.s3.AWS_SECRET_ACCESS_KEY", "storage.s3.access_key_id", "storage.db.Password",
+        "storage.db.passwd", "hub.hf_token", "hub.apiKey", "hub.api_key", "session_key", "client_secret",
+    ):
+        assert flat[key] == MASK, key
+    # A secret-named section is masked whole: nothing under it is flattened out.
+    assert flat["hub.credentials"] == MASK
+    assert not any(key.startswith("hub.credentials.") for key in flat)
+    assert flat["storage.s3.bucket"] == "rs"
+    assert flat["storage.db.user"] == "me"
+    assert flat["benchmark.max_new_tokens"] == "24"
+    assert flat["benchmark.pad_token_id"] == "0"
+    assert flat["benchmark.tokenizer"] == "byte"
+    assert not any(secret in value for value in flat.values() for secret in ("wJalrXUt", "hunter2", "hf_abc"))
+
+
+def test_flatten_masks_credentials_embedded_in_urls():
+    flat = flatten_config(
+        {
+            "tracking": {"uri": "https://alice:s3cr3t@mlflow.example.com:5000/path"},
+            "endpoints": ["postgresql://u:p@db:5432/x", "s3://bucket/plain"],
+            "remote": "git+https://ghp_TOKEN@github.com/org/repo",
+            "mail": "someone@example.com",
+        }
+    )
+    assert flat["tracking.uri"] == "https://***@mlflow.example.com:5000/path"
+    assert json.loads(flat["endpoints"]) == ["postgresql://***@db:5432/x", "s3://bucket/plain"]
+    assert flat["remote"] == "git+https://***@github.com/org/repo"
+    assert flat["mail"] == "someone@example.com"
+    assert "s3cr3t" not in json.dumps(flat) and "ghp_TOKEN" not in json.dumps(flat)
+
+
+def test_flatten_truncates_to_mlflow_param_limit_with_marker():
+    assert MAX_PARAM_VALUE_LENGTH == 6000
+    flat = flatten_config({"prompt": "x" * 10_000, "short": "y" * 6000})
+    assert len(flat["prompt"]) == 6000
+    assert flat["prompt"].endswith(TRUNCATION_MARKER)
+    assert flat["short"] == "y" * 6000  # exactly at the limit: untouched
+
+
+def test_redact_keeps_structure_and_masks_secrets():
+    obj = {"s3": {"endpoint": "http://k:v@minio:9000", "secret_key": "abc"}, "list": [{"token": "t"}, 1]}
+    assert redact(obj) == {"s3": {"endpoint": "http://***@minio:9000", "secret_key": MASK}, "list": [{"token": MASK}, 1]}
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+@pytest.fixture()
+def tracking(tmp_path, monkeypatch) -> TrackingConfig:
+    """sqlite + file:// artifacts in tmp_path; the test runs from another directory on purpose."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return TrackingConfig(
+        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "artifacts"),
+        experiment="unit",
+    )
+
+
+def _checkpoint_folder(root: Path) -> Path:
+    folder = root / "checkpoint"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "config.json").write_text('{"rank": 8}')
+    (folder / "adapter" / "weights.bin").write_bytes(bytes(range(256)) * 40)
+    return folder
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_params_metrics_tags_roundtrip(tracking, tmp_path):
+    run_id = create_run(tracking, "train", tags={"job": "finetune", "hf_token": "hf_leak"})
+    logger = make_logger(tracking.uri, run_id, is_rank_zero=True)
+    assert isinstance(logger, MlflowRunLogger) and isinstance(logger, RunLogger)
+    assert logger.run_id == run_id
+
+    logger.log_params({"strategy": {"rank": 8}, "s3": {"secret_key": "sk_leak"}, "prompt": "p" * 9000})
+    for step, loss in enumerate([2.5, 1.5, float("nan")]):
+        logger.log_metrics({"train/loss": loss, "train/lr": 1e-4}, step=step)
+    logger.set_tags({"stage": "sft", "endpoint": "https://u:pw_leak@host"})
+    finish_run(tracking.uri, run_id)
+
+    client = MlflowClient(tracking.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["strategy.rank"] == "8"
+    assert run.data.params["s3.secret_key"] == MASK
+    assert len(run.data.params["prompt"]) == 6000  # accepted by MLflow at exactly its limit
+    assert run.data.tags["job"] == "finetune"
+    assert run.data.tags["hf_token"] == MASK
+    assert run.data.tags["endpoint"] == "https://***@host"
+    assert run.data.tags["mlflow.runName"] == "train"
+    assert "leak" not in json.dumps({**run.data.params, **run.data.tags})
+
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert [m.value for m in history[:2]] == [2.5, 1.5]
+    assert history[2].value != history[2].value  # NaN is logged, not silently skipped
+    assert [m.step for m in client.get_metric_history(run_id, "train/lr")] == [0, 1, 2]
+
+
+def test_artifacts_land_in_configured_location_not_cwd(tracking, tmp_path):
+    run_id = create_run(tracking, "artifacts")
+    logger = make_logger(tracking.uri, run_id, is_rank_zero=True)
+    folder = _checkpoint_folder(tmp_path / "local")
+    logger.log_artifacts(folder, artifact_path="checkpoint")
+    logger.log_dict({"model": {"name": "tiny"}, "s3": {"access_key": "AK_leak"}}, "config.json")
+
+    run = MlflowClient(tracking.uri).get_run(run_id)
+    artifact_root = (tmp_path / "artifacts").resolve()
+    assert run.info.artifact_uri.startswith(artifact_root.as_uri() + "/")
+    stored = Path(url2pathname(urlparse(run.info.artifact_uri).path))
+    assert stored.is_relative_to(artifact_root)
+    assert _tree_bytes(stored / "checkpoint") == _tree_bytes(folder)
+    assert json.loads((stored / "config.json").read_text()) == {"model": {"name": "tiny"}, "s3": {"access_key": MASK}}
+    assert not (Path.cwd() / "mlartifacts").exists()
+    assert not (Path.cwd() / "mlruns").exists()
+
+
+def test_parent_run_tag(tracking):
+    parent = create_run(tracking, "sweep")
+    child = create_run(tracking, "trial-0", parent_run_id=parent)
+    assert MlflowClient(tracking.uri).get_run(child).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_null_logger_for_other_ranks_logs_nothing(tracking, tmp_path):
+    run_id = create_run(tracking, "ranks")
+    logger = make_logger(tracking.uri, run_id, is_rank_zero=False)
+    assert isinstance(logger, NullRunLogger) and isinstance(logger, RunLogger)
+    assert logger.run_id is None
+    logger.log_params({"a": 1})
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.log_artifacts(_checkpoint_folder(tmp_path / "local"), "checkpoint")
+    logger.log_dict({"a": 1}, "a.json")
+    logger.set_tags({"t": "v"})
+
+    client = MlflowClient(tracking.uri)
+    run = client.get_run(run_id)
+    assert run.data.params == {} and run.data.metrics == {}
+    assert "t" not in run.data.tags
+    assert client.list_artifacts(run_id) == []
+    assert isinstance(make_logger(tracking.uri, None, is_rank_zero=True), NullRunLogger)
+
+
+def test_caller_errors_still_raise(tracking):
+    # Only an unreachable/failing server is survived; an unknown run id is a bug and must surface.
+    create_run(tracking, "exists")
+    with pytest.raises(MlflowException):
+        MlflowRunLogger(tracking.uri, "0" * 32).log_metrics({"loss": 1.0}, step=0)
+
+
+def test_create_run_refuses_disabled_tracking(tracking):
+    tracking.enabled = False
+    with pytest.raises(ValueError, match="enabled"):
+        create_run(tracking, "nope")
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def test_register_and_resolve_roundtrip(tracking, tmp_path):
+    run_id = create_run(tracking, "register")
+    folder = _checkpoint_folder(tmp_path / "local")
+    make_logger(tracking.uri, run_id, True).log_artifacts(folder, artifact_path="checkpoint")
+
+    version = register_model_version(tracking.uri, "rs-tiny", run_id, "checkpoint", alias="candidate")
+    assert version == "1"
+    assert get_alias_version(tracking.uri, "rs-tiny", "candidate") == "1"
+    assert get_alias_version(tracking.uri, "rs-tiny", "champion") is None
+    assert get_alias_version(tracking.uri, "no-such-model", "candidate") is None
+
+    expected = _tree_bytes(folder)
+    for i, uri in enumerate(["models:/rs-tiny@candidate", "models:/rs-tiny/1", f"runs:/{run_id}/checkpoint"]):
+        dst = tmp_path / f"download-{i}"
+        resolved = resolve_model_uri(uri, tracking.uri, dst)
+        assert resolved.local_path.is_dir()
+        assert resolved.local_path.resolve().is_relative_to(dst.resolve()), uri
+        assert _tree_bytes(resolved.local_path) == expected, uri
+        assert resolved.run_id == run_id
+        if uri.startswith("models:/"):
+            assert (resolved.name, resolved.version) == ("rs-tiny", "1")
+        else:
+            assert (resolved.name, resolved.version) == (None, None)
+
+    # A second registration is a new version; the alias moves to it.
+    assert register_model_version(tracking.uri, "rs-tiny", run_id, "checkpoint", alias="candidate") == "2"
+    assert get_alias_version(tracking.uri, "rs-tiny", "candidate") == "2"
+    set_alias(tracking.uri, "rs-tiny", "champion", "1")
+    assert resolve_model_uri("models:/rs-tiny@champion", tracking.uri, tmp_path / "dl-champion").version == "1"
+
+
+def test_resolve_local_folder_and_file_uri_are_not_copied(tracking, tmp_path):
+    folder = _checkpoint_folder(tmp_path / "local")
+    dst = tmp_path / "dst"
+    for uri in (str(folder), folder.as_uri()):
+        resolved = resolve_model_uri(uri, tracking.uri, dst)
+        assert resolved.local_path == folder.resolve()
+        assert (resolved.name, resolved.version, resolved.run_id) == (None, None, None)
+    assert not dst.exists()
+    with pytest.raises(FileNotFoundError):
+        resolve_model_uri(str(tmp_path / "missing"), tracking.uri, dst)
+
+
+def test_unknown_alias_version_or_model_is_a_lookup_error_naming_what_exists(tracking, tmp_path):
+    run_id = create_run(tracking, "lookup")
+    make_logger(tracking.uri, run_id, True).log_artifacts(_checkpoint_folder(tmp_path / "local"), "checkpoint")
+    register_model_version(tracking.uri, "rs-tiny", run_id, "checkpoint", alias="candidate")
+
+    with pytest.raises(LookupError) as alias_err:
+        resolve_model_uri("models:/rs-tiny@champion", tracking.uri, tmp_path / "dl")
+    message = str(alias_err.value)
+    assert "rs-tiny" in message and "champion" in message and "candidate" in message
+
+    with pytest.raises(LookupError) as version_err:
+        resolve_model_uri("models:/rs-tiny/9", tracking.uri, tmp_path / "dl")
+    assert "'9'" in str(version_err.value) and "['1']" in str(version_err.value)
+
+    with pytest.raises(LookupError, match="no-such-model.*rs-tiny"):
+        resolve_model_uri("models:/no-such-model@candidate", tracking.uri, tmp_path / "dl")
+
+
+def test_register_refuses_a_path_the_run_never_logged(tracking):
+    run_id = create_run(tracking, "empty")
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        register_model_version(tracking.uri, "rs-tiny", run_id, "checkpoint", alias="candidate")
+
+
+# --------------------------------------------------------------------------------------------- outage
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_warns_once_and_does_not_raise(monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://user:pw_leak@127.0.0.1:{_closed_port()}"
+    # retry_interval_s=0: every call really tries the server, so each failure is swallowed, not skipped.
+    logger = MlflowRunLogger(uri, "0" * 32, retry_interval_s=0)
+    with caplog.at_level(logging.WARNING, logger="rsvlm.tracking"):
+        for step in range(3):
+            logger.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("rsvlm.tracking")]
+    assert len(warnings) == 1
+    text = warnings[0].getMessage()
+    assert "DROPPED" in text and "pw_leak" not in text
