@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from support import checkpoint_folder, free_port, tree_bytes
 
 from rsvlm.config.schema import TrackingConfig
 from rsvlm.tracking import (
@@ -24,22 +25,10 @@ from rsvlm.tracking import (
 pytestmark = pytest.mark.integration
 
 
-def _checkpoint_folder(root: Path) -> Path:
-    folder = root / "checkpoint"
-    (folder / "adapter").mkdir(parents=True)
-    (folder / "config.json").write_text('{"rank": 8}')
-    (folder / "adapter" / "weights.bin").write_bytes(bytes(range(256)) * 64)
-    return folder
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("artifact_location", ["client", "server-default"])
@@ -53,7 +42,7 @@ def test_log_register_resolve_through_server(mlflow_server, tmp_path, monkeypatc
     logger.log_params({"strategy": {"rank": 8}, "hub": {"token": "hf_leak"}})
     for step, loss in enumerate([3.0, 2.0, float("nan")]):
         logger.log_metrics({"train/loss": loss}, step=step)
-    folder = _checkpoint_folder(tmp_path / "local")
+    folder = checkpoint_folder(tmp_path / "local")
     logger.log_artifacts(folder, artifact_path="checkpoint")
     finish_run(tracking.uri, run_id)
 
@@ -75,7 +64,7 @@ def test_log_register_resolve_through_server(mlflow_server, tmp_path, monkeypatc
 
     resolved = resolve_model_uri(f"models:/{name}@candidate", tracking.uri, tmp_path / "download")
     assert (resolved.name, resolved.version, resolved.run_id) == (name, "1", run_id)
-    assert _tree_bytes(resolved.local_path) == _tree_bytes(folder)
+    assert tree_bytes(resolved.local_path) == tree_bytes(folder)
 
     with pytest.raises(LookupError, match="candidate"):
         resolve_model_uri(f"models:/{name}@champion", tracking.uri, tmp_path / "nowhere")
@@ -92,7 +81,7 @@ def test_metrics_are_dropped_while_server_is_down_and_resume_after(
     tracking = TrackingConfig(uri=f"sqlite:///{db}", artifact_location=str(tmp_path / "artifacts"), experiment="outage")
     run_id = create_run(tracking, "outage")
 
-    port = _free_port()
+    port = free_port()
     logger = MlflowRunLogger(f"http://127.0.0.1:{port}", run_id, retry_interval_s=0)
     with caplog.at_level(logging.WARNING, logger="rsvlm.tracking"):
         logger.log_metrics({"train/loss": 9.0}, step=0)  # nobody listens: dropped

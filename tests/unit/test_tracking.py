@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from enum import Enum
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +12,8 @@ from urllib.request import url2pathname
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from support import checkpoint_folder, free_port, tree_bytes
 
 from rsvlm.config.schema import StrategyName, TrackingConfig
 from rsvlm.tracking import (
@@ -136,16 +137,8 @@ def tracking(tmp_path, monkeypatch) -> TrackingConfig:
     )
 
 
-def _checkpoint_folder(root: Path) -> Path:
-    folder = root / "checkpoint"
-    (folder / "adapter").mkdir(parents=True)
-    (folder / "config.json").write_text('{"rank": 8}')
-    (folder / "adapter" / "weights.bin").write_bytes(bytes(range(256)) * 40)
-    return folder
 
 
-def _tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_run_params_metrics_tags_roundtrip(tracking, tmp_path):
@@ -182,7 +175,7 @@ def test_run_params_metrics_tags_roundtrip(tracking, tmp_path):
 def test_artifacts_land_in_configured_location_not_cwd(tracking, tmp_path):
     run_id = create_run(tracking, "artifacts")
     logger = make_logger(tracking.uri, run_id, is_rank_zero=True)
-    folder = _checkpoint_folder(tmp_path / "local")
+    folder = checkpoint_folder(tmp_path / "local")
     logger.log_artifacts(folder, artifact_path="checkpoint")
     logger.log_dict({"model": {"name": "tiny"}, "s3": {"access_key": "AK_leak"}}, "config.json")
 
@@ -191,7 +184,7 @@ def test_artifacts_land_in_configured_location_not_cwd(tracking, tmp_path):
     assert run.info.artifact_uri.startswith(artifact_root.as_uri() + "/")
     stored = Path(url2pathname(urlparse(run.info.artifact_uri).path))
     assert stored.is_relative_to(artifact_root)
-    assert _tree_bytes(stored / "checkpoint") == _tree_bytes(folder)
+    assert tree_bytes(stored / "checkpoint") == tree_bytes(folder)
     assert json.loads((stored / "config.json").read_text()) == {"model": {"name": "tiny"}, "s3": {"access_key": MASK}}
     assert not (Path.cwd() / "mlartifacts").exists()
     assert not (Path.cwd() / "mlruns").exists()
@@ -210,7 +203,7 @@ def test_null_logger_for_other_ranks_logs_nothing(tracking, tmp_path):
     assert logger.run_id is None
     logger.log_params({"a": 1})
     logger.log_metrics({"loss": 1.0}, step=0)
-    logger.log_artifacts(_checkpoint_folder(tmp_path / "local"), "checkpoint")
+    logger.log_artifacts(checkpoint_folder(tmp_path / "local"), "checkpoint")
     logger.log_dict({"a": 1}, "a.json")
     logger.set_tags({"t": "v"})
 
@@ -240,7 +233,7 @@ def test_create_run_refuses_disabled_tracking(tracking):
 
 def test_register_and_resolve_roundtrip(tracking, tmp_path):
     run_id = create_run(tracking, "register")
-    folder = _checkpoint_folder(tmp_path / "local")
+    folder = checkpoint_folder(tmp_path / "local")
     make_logger(tracking.uri, run_id, True).log_artifacts(folder, artifact_path="checkpoint")
 
     version = register_model_version(tracking.uri, "rs-tiny", run_id, "checkpoint", alias="candidate")
@@ -249,13 +242,13 @@ def test_register_and_resolve_roundtrip(tracking, tmp_path):
     assert get_alias_version(tracking.uri, "rs-tiny", "champion") is None
     assert get_alias_version(tracking.uri, "no-such-model", "candidate") is None
 
-    expected = _tree_bytes(folder)
+    expected = tree_bytes(folder)
     for i, uri in enumerate(["models:/rs-tiny@candidate", "models:/rs-tiny/1", f"runs:/{run_id}/checkpoint"]):
         dst = tmp_path / f"download-{i}"
         resolved = resolve_model_uri(uri, tracking.uri, dst)
         assert resolved.local_path.is_dir()
         assert resolved.local_path.resolve().is_relative_to(dst.resolve()), uri
-        assert _tree_bytes(resolved.local_path) == expected, uri
+        assert tree_bytes(resolved.local_path) == expected, uri
         assert resolved.run_id == run_id
         if uri.startswith("models:/"):
             assert (resolved.name, resolved.version) == ("rs-tiny", "1")
@@ -270,7 +263,7 @@ def test_register_and_resolve_roundtrip(tracking, tmp_path):
 
 
 def test_resolve_local_folder_and_file_uri_are_not_copied(tracking, tmp_path):
-    folder = _checkpoint_folder(tmp_path / "local")
+    folder = checkpoint_folder(tmp_path / "local")
     dst = tmp_path / "dst"
     for uri in (str(folder), folder.as_uri()):
         resolved = resolve_model_uri(uri, tracking.uri, dst)
@@ -283,7 +276,7 @@ def test_resolve_local_folder_and_file_uri_are_not_copied(tracking, tmp_path):
 
 def test_unknown_alias_version_or_model_is_a_lookup_error_naming_what_exists(tracking, tmp_path):
     run_id = create_run(tracking, "lookup")
-    make_logger(tracking.uri, run_id, True).log_artifacts(_checkpoint_folder(tmp_path / "local"), "checkpoint")
+    make_logger(tracking.uri, run_id, True).log_artifacts(checkpoint_folder(tmp_path / "local"), "checkpoint")
     register_model_version(tracking.uri, "rs-tiny", run_id, "checkpoint", alias="candidate")
 
     with pytest.raises(LookupError) as alias_err:
@@ -308,16 +301,11 @@ def test_register_refuses_a_path_the_run_never_logged(tracking):
 # --------------------------------------------------------------------------------------------- outage
 
 
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_unreachable_server_warns_once_and_does_not_raise(monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    uri = f"http://user:pw_leak@127.0.0.1:{_closed_port()}"
+    uri = f"http://user:pw_leak@127.0.0.1:{free_port()}"
     # retry_interval_s=0: every call really tries the server, so each failure is swallowed, not skipped.
     logger = MlflowRunLogger(uri, "0" * 32, retry_interval_s=0)
     with caplog.at_level(logging.WARNING, logger="rsvlm.tracking"):

@@ -195,9 +195,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300
+    max_steps: int = 600
     micro_batch_size: int = 8
-    log_every: int = 25
+    log_every: int = 50
     seed: int = 0
     # Name of the Ray Train run under storage_uri; None = derived from the MLflow run.
     run_name: Optional[str] = None
