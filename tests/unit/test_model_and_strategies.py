@@ -101,3 +101,21 @@ def test_full_checkpoint_round_trip(tmp_path):
     save_checkpoint(tmp_path / "ckpt", model, loaded.processor, job)
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
     torch.testing.assert_close(load_checkpoint(tmp_path / "ckpt").model(**inputs).logits, expected)
+
+
+def test_a_saved_llava_folder_loads_by_path(job, tmp_path):
+    """The path users take with real checkpoints (`model.name_or_path=/models/llava-1.5-7b-hf`), offline."""
+    from rsvlm.config.schema import ModelConfig
+    from rsvlm.model.build import load_processor
+
+    tiny = load_model(job.model)
+    tiny.model.save_pretrained(tmp_path / "llava")
+    tiny.processor.save_pretrained(tmp_path / "llava")
+    config = ModelConfig(name="saved", name_or_path=str(tmp_path / "llava"))
+    loaded = load_model(config)
+    assert type(loaded.model).__name__ == "LlavaForConditionalGeneration"
+    assert loaded.image_token_count == tiny.image_token_count == 16
+    inputs = batch(tiny)
+    torch.testing.assert_close(loaded.model.eval()(**inputs).logits, tiny.model.eval()(**inputs).logits)
+    processor, image_tokens = load_processor(config)
+    assert image_tokens == 16 and processor.tokenizer.get_vocab() == tiny.tokenizer.get_vocab()

@@ -103,8 +103,6 @@ def hydra_main(task: Callable[[JobConfig], Any]) -> Callable[[], None]:
     def run_task(cfg: DictConfig) -> Any:
         return task(resolve(cfg))
 
-    # Hydra locates the app by the task function's file; keep it pointing at the job file.
-    run_task.__module__ = task.__module__
     app = hydra.main(config_path=config_path, config_name="config", version_base="1.3")(run_task)
 
     def entry() -> None:

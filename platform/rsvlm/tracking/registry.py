@@ -14,6 +14,7 @@ process-global registry setting can send a registration somewhere else.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -189,6 +190,8 @@ def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> Resol
     Accepts ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``, ``file://``
     URIs and local folders (returned as they are, not copied). Unknown model/alias/version: ``LookupError``.
     """
+    # MLflow's per-file download bar is carriage-return noise in job logs; a user's explicit setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith("models:/"):
         client = _client(tracking_uri)
         if match := _MODELS_ALIAS_RE.match(uri):
