@@ -10,6 +10,12 @@ import pytest
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# S3 tests talk to moto's server on 127.0.0.1. Fake credentials, set before Ray starts so its workers inherit
+# them, keep every client away from real AWS credential sources (and their slow metadata lookups).
+for _name, _value in {"AWS_ACCESS_KEY_ID": "rsvlm-test-key", "AWS_SECRET_ACCESS_KEY": "rsvlm-test-secret",
+                      "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ[_name] = _value
+os.environ.pop("AWS_PROFILE", None)
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from support import checkpoint_folder, free_port, tree_bytes
+from rsvlm.services import free_port
+from support import checkpoint_folder, tree_bytes
 
 from rsvlm.config.schema import TrackingConfig
 from rsvlm.tracking import (

@@ -13,7 +13,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from support import checkpoint_folder, free_port, tree_bytes
+from rsvlm.services import free_port
+from support import checkpoint_folder, tree_bytes
 
 from rsvlm.config.schema import StrategyName, TrackingConfig
 from rsvlm.tracking import (
