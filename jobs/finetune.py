@@ -15,7 +15,7 @@ from rsvlm.train.finetune import FinetuneResult, run_finetune
 
 
 def run(job: JobConfig) -> FinetuneResult:
-    """Train on ``job.data.prepared_uri`` (run prepare_data first) and print where the result went."""
+    """Train on ``job.data.uri`` (run prepare_data first) and print where the result went."""
     result = run_finetune(job)
     print(f"checkpoint: {result.checkpoint_path}")
     if result.version:

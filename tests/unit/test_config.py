@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GROUP_OPTIONS = sorted((group.name, option.stem) for group in conf_dir().iterdir() if group.is_dir()
                        for option in group.glob("*.yaml"))
 # Options whose YAML leaves a value for the user to fill in (``???``).
-NEEDS = {("data", "llava"): ["data.source=/tmp/x.json", "data.image_root=/tmp"]}
+NEEDS = {("data", "custom"): ["data.source=/tmp/x.json", "data.image_root=/tmp"]}
 
 
 def test_every_group_has_options():
@@ -37,7 +37,7 @@ def test_defaults_are_the_embedded_demo(tmp_path):
     assert job.strategy.name is StrategyName.lora
     assert (job.strategy.vision_tower, job.strategy.projector, job.strategy.llm) == (
         Trainability.frozen, Trainability.full, Trainability.adapter)
-    assert job.data.prepared_uri == f"{tmp_path}/data/prepared"
+    assert job.data.uri == f"{tmp_path}/data/prepared"
     assert job.registered_model_name == "rsvlm-tiny-lora"
 
 
@@ -82,7 +82,7 @@ def test_unknown_top_level_key_is_rejected(tmp_path):
 
 def test_missing_required_value_is_named(tmp_path):
     with pytest.raises(ConfigError) as caught:
-        compose([f"workdir={tmp_path}", "data=llava"])
+        compose([f"workdir={tmp_path}", "data=custom"])
     assert "data.source" in str(caught.value)
 
 
@@ -93,3 +93,16 @@ def test_job_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == ["config error: strategy.name: invalid value 'lorra' (choices: full, lora)"]
+
+
+def test_job_shorthands_expand_to_data_keys_and_imply_the_custom_group():
+    from rsvlm.config import expand_shorthands
+
+    shorthands = {"source": "data.source", "output": "data.uri"}
+    assert expand_shorthands(["source=s3://b/x.json", "output=/tmp/p", "train.seed=1"], shorthands,
+                             ("data=custom",)) == ["data=custom", "data.source=s3://b/x.json", "data.uri=/tmp/p",
+                                                   "train.seed=1"]
+    # An explicit group choice wins, and without shorthands nothing changes.
+    assert expand_shorthands(["data=synthetic", "source=x"], shorthands, ("data=custom",)) == [
+        "data=synthetic", "data.source=x"]
+    assert expand_shorthands(["data.source=x"], shorthands, ("data=custom",)) == ["data.source=x"]

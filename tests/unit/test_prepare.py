@@ -5,49 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
 
 from rsvlm.config.schema import DataConfig, OnError
 from rsvlm.data.prepare import MANIFEST, REJECTS, PrepareError, prepare_dataset
-
-
-def good(record_id, image="img/a.png", answer="yes"):
-    return {"id": record_id, "image": image,
-            "conversations": [{"from": "human", "value": "<image>\nIs there a ship?"}, {"from": "gpt", "value": answer}]}
+from support import DEFECTS, GOOD_IMAGES, conversation, write_image_tree
 
 
 @pytest.fixture
 def root(tmp_path):
-    (tmp_path / "img").mkdir()
-    Image.new("RGB", (32, 24), (10, 20, 30)).save(tmp_path / "img" / "a.png")
-    Image.new("RGBA", (32, 32), (10, 20, 30, 128)).save(tmp_path / "img" / "rgba.png")
-    Image.new("I;16", (32, 32)).save(tmp_path / "img" / "deep.png")
-    (tmp_path / "img" / "corrupt.png").write_bytes(b"\x89PNG not really")
-    (tmp_path / "outside.png").write_bytes((tmp_path / "img" / "a.png").read_bytes())
-    (tmp_path / "img" / "link.png").symlink_to(tmp_path / "outside.png")
+    write_image_tree(tmp_path)
     return tmp_path
 
 
 def config(root, source, on_error=OnError.fail):
     return DataConfig(name="test", source=str(source), image_root=str(root / "img"),
-                      prepared_uri=str(root / "prepared"), on_error=on_error)
-
-
-BAD = [
-    ({"id": "x1", "image": "missing.png", "conversations": good("x")["conversations"]}, "image not found"),
-    ({**good("x2"), "image": "../outside.png"}, "escapes the image root"),
-    ({**good("x3"), "image": "/etc/passwd"}, "escapes the image root"),
-    ({**good("x4"), "image": "link.png"}, "escapes the image root"),
-    ({**good("x5"), "image": "corrupt.png"}, "does not decode"),
-    ({"id": "x6", "image": "a.png", "conversations": [{"from": "gpt", "value": "hi"}]}, "roles must alternate"),
-    ({"id": "x7", "image": "a.png", "conversations": [{"from": "human", "value": "no image tag"},
-                                                     {"from": "gpt", "value": "yes"}]}, "exactly one <image>"),
-    ({"id": "x8", "image": None, "conversations": good("x")["conversations"]}, "has no image"),
-    ({"id": "x9", "images": ["a.png"], "conversations": good("x")["conversations"]}, "'images'"),
-    ({**good("a1")}, "duplicate id"),
-    ({"id": "x10", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nQ"},
-                                                      {"from": "gpt", "value": "  "}]}, "empty 'gpt' turn"),
-]
+                      uri=str(root / "prepared"), on_error=on_error)
 
 
 def write_jsonl(path, records, extra_lines=()):
@@ -56,9 +28,9 @@ def write_jsonl(path, records, extra_lines=()):
     return path
 
 
-@pytest.mark.parametrize("record,reason", BAD, ids=[r["id"] for r, _ in BAD])
+@pytest.mark.parametrize("record,reason", DEFECTS, ids=[r.get("id", "no-id") for r, _ in DEFECTS])
 def test_each_defect_is_named_and_fail_writes_nothing(root, record, reason):
-    source = write_jsonl(root / "data.jsonl", [good("a1", "a.png"), record])
+    source = write_jsonl(root / "data.jsonl", [conversation("a1"), record])
     with pytest.raises(PrepareError) as caught:
         prepare_dataset(config(root, source))
     problem = caught.value.problems[0]
@@ -69,7 +41,7 @@ def test_each_defect_is_named_and_fail_writes_nothing(root, record, reason):
 
 
 def test_malformed_json_line_names_line_and_column(root):
-    source = write_jsonl(root / "data.jsonl", [good("a1", "a.png")], extra_lines=['{"id": "b", oops}'])
+    source = write_jsonl(root / "data.jsonl", [conversation("a1")], extra_lines=['{"id": "b", oops}'])
     with pytest.raises(PrepareError, match=r"data.jsonl:2:\d+: id=\?: invalid JSON"):
         prepare_dataset(config(root, source))
 
@@ -82,22 +54,46 @@ def test_malformed_json_list_names_line_and_column(root):
 
 
 def test_skip_writes_good_records_rejects_and_manifest(root):
-    records = [good("a1", "a.png"), good("a2", "rgba.png"), good("a3", "deep.png")] + [r for r, _ in BAD]
+    kept_ids = ["a1"] + [f"good-{image}" for image in GOOD_IMAGES]
+    records = [conversation("a1")] + [conversation(i, image) for i, image in zip(kept_ids[1:], GOOD_IMAGES)]
+    records += [r for r, _ in DEFECTS]
     source = write_jsonl(root / "data.jsonl", records)
     prepared = prepare_dataset(config(root, source, OnError.skip))
     manifest = json.loads((root / "prepared" / MANIFEST).read_text())
-    assert manifest["records"] == 3 and manifest["rejected"] == len(BAD)
     assert manifest == prepared.manifest
+    assert manifest["records"] == len(kept_ids) and manifest["rejected"] == len(DEFECTS)
+    assert manifest["by_source"] == {"test": len(kept_ids)} and manifest["images"] == len(GOOD_IMAGES)
+    assert len(manifest["fingerprint"]) == 64
     rejects = [json.loads(line) for line in (root / "prepared" / REJECTS).read_text().splitlines()]
-    assert [r["id"] for r in rejects] == [r["id"] for r, _ in BAD]
+    assert [r["id"] for r in rejects] == [r.get("id") for r, _ in DEFECTS]
+    assert [int(r["where"]) for r in rejects] == list(range(len(kept_ids) + 1, len(records) + 1))
+    assert all(r["file"] == str(source) and r["reason"] for r in rejects)
     kept = [json.loads(line) for line in (root / "prepared" / manifest["shards"][0]).read_text().splitlines()]
-    assert [r["id"] for r in kept] == ["a1", "a2", "a3"]
+    assert [r["id"] for r in kept] == kept_ids
     assert kept[0]["source"] == "test" and kept[0]["conversations"][1]["value"] == "yes"
     assert not [p for p in root.iterdir() if p.name.startswith(".prepared")]  # no staging folder left
 
 
+def test_preparing_again_replaces_the_dataset_and_keeps_its_fingerprint(root):
+    source = write_jsonl(root / "data.jsonl", [conversation("a1"), conversation("a2", "rgba.png")])
+    first = prepare_dataset(config(root, source)).manifest
+    assert prepare_dataset(config(root, source)).manifest["fingerprint"] == first["fingerprint"]
+    write_jsonl(source, [conversation("a1")])
+    again = prepare_dataset(config(root, source)).manifest
+    assert again["records"] == 1 and again["fingerprint"] != first["fingerprint"]
+    assert sorted(p.name for p in root.iterdir() if "prepared" in p.name) == ["prepared"]
+
+
+def test_dataset_name_defaults_to_the_source_file_name(root):
+    source = write_jsonl(root / "rs_gpt4v.jsonl", [conversation("a1"), {**conversation("a2"), "source": "own"}])
+    cfg = config(root, source)
+    cfg.name = None
+    prepared = prepare_dataset(cfg)
+    assert prepared.manifest["by_source"] == {"own": 1, "rs_gpt4v": 1}
+
+
 def test_llava_json_list_is_read(root):
     source = root / "data.json"
-    source.write_text(json.dumps([good("a1", "a.png"), good("a2", "a.png", "no")]))
+    source.write_text(json.dumps([conversation("a1"), conversation("a2", answer="no")]))
     prepared = prepare_dataset(config(root, source))
     assert prepared.manifest["records"] == 2 and prepared.manifest["images"] == 1

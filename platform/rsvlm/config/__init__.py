@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rsvlm.config.errors import ConfigError
 from rsvlm.config.schema import JobConfig
 
-__all__ = ["ConfigError", "JobConfig", "as_config_error", "compose", "from_dict", "hydra_main", "resolve", "to_dict", "conf_dir"]
+__all__ = ["ConfigError", "JobConfig", "as_config_error", "compose", "expand_shorthands", "from_dict", "hydra_main", "resolve", "to_dict", "conf_dir"]
 
 _SCHEMA_NAME = "rsvlm_job_schema"
 
@@ -88,11 +88,30 @@ def compose(overrides: Optional[list[str]] = None, config_name: str = "config") 
     return resolve(cfg)
 
 
-def hydra_main(task: Callable[[JobConfig], Any]) -> Callable[[], None]:
+def expand_shorthands(args: list[str], shorthands: Mapping[str, str], implies: tuple[str, ...] = ()) -> list[str]:
+    """Command-line ``key=value`` → ``shorthands[key]=value``; when any shorthand is used, ``implies`` overrides
+    (e.g. ``data=custom``) are added unless the command line already picks that group."""
+    expanded, used = [], False
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in shorthands:
+            expanded.append(f"{shorthands[key]}={value}")
+            used = True
+        else:
+            expanded.append(arg)
+    if used:
+        picked = {arg.partition("=")[0].lstrip("+~") for arg in args}
+        expanded = [o for o in implies if o.partition("=")[0] not in picked] + expanded
+    return expanded
+
+
+def hydra_main(task: Callable[[JobConfig], Any], shorthands: Mapping[str, str] | None = None,
+               shorthand_implies: tuple[str, ...] = ()) -> Callable[[], None]:
     """Decorate a job's ``main(cfg: JobConfig)`` as a Hydra app (``-m`` multirun included).
 
     Hydra normally prints a multi-line report for a bad override; we let its exception through
-    (``HYDRA_FULL_ERROR``) and print the one line of :func:`as_config_error` instead.
+    (``HYDRA_FULL_ERROR``) and print the one line of :func:`as_config_error` instead. ``shorthands`` lets a
+    job accept short keys (``source=…`` for ``data.source=…``), see :func:`expand_shorthands`.
     """
     import hydra
 
@@ -107,6 +126,8 @@ def hydra_main(task: Callable[[JobConfig], Any]) -> Callable[[], None]:
 
     def entry() -> None:
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+        if shorthands:
+            sys.argv[1:] = expand_shorthands(sys.argv[1:], shorthands, shorthand_implies)
         try:
             app()
         except Exception as exc:  # noqa: BLE001

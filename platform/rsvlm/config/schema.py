@@ -30,7 +30,13 @@ class Trainability(Enum):
 
 
 class DataFormat(Enum):
-    llava = "llava"
+    """Instruction-file formats ``prepare_data`` reads (``auto`` detects; see ``rsvlm.data.formats``)."""
+
+    auto = "auto"
+    llava = "llava"  # LLaVA / RS-GPT4V conversation JSON list or JSONL
+    geochat = "geochat"  # GeoChat instruct JSON (LLaVA-shaped, task prefixes [grounding] [refer] [identify])
+    fitrs = "fitrs"  # FIT-RS instructions, and FIT-RSFG / FIT-RSRC question files
+    rsvqa = "rsvqa"  # RSVQA questions/answers JSON pair
 
 
 class OnError(Enum):
@@ -57,6 +63,16 @@ def _require(condition: bool, key: str, problem: str, choices: Any = None) -> No
 
 
 @dataclass
+class StorageConfig:
+    """Object storage for ``s3://`` URIs. Credentials come only from the standard AWS environment / profile
+    chain, never from here, so they never reach configs, logs or MLflow params."""
+
+    # S3-compatible endpoint (MinIO, a local test server); None = $AWS_ENDPOINT_URL, else AWS itself.
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+
+
+@dataclass
 class SyntheticDataConfig:
     """Settings of the built-in synthetic remote-sensing generator (``rsvlm.data.synthetic``)."""
 
@@ -75,14 +91,19 @@ class SyntheticDataConfig:
 class DataConfig:
     """Where instruction data comes from and how it becomes training samples."""
 
-    name: str = "synthetic"
+    # Names the dataset in each record's `source` (unless the record names its own) and in the manifest's
+    # counts; None = the source file's name without its extension.
+    name: Optional[str] = None
     # Raw instruction file (LLaVA conversation JSON list or JSONL) and the folder its image paths are relative to;
     # required (every data/*.yaml sets them or asks for them).
     source: str = MISSING
     image_root: str = MISSING
-    format: DataFormat = DataFormat.llava
-    # Canonical JSONL shards + manifest.json written by prepare_data, read by finetune.
-    prepared_uri: str = "${workdir}/data/prepared"
+    format: DataFormat = DataFormat.auto
+    # The answers file of an RSVQA pair (format rsvqa: source is the questions file).
+    answers: Optional[str] = None
+    # The prepared dataset: canonical JSONL shards + manifest.json written by prepare_data (its `output`),
+    # read by finetune. A local path, file:// or s3:// URI.
+    uri: str = "${workdir}/data/prepared"
     on_error: OnError = OnError.fail
     records_per_shard: int = 10_000
     # When set, prepare_data first generates this synthetic dataset into image_root.
@@ -241,7 +262,9 @@ class TrackingConfig:
 class BenchmarkConfig:
     """A benchmark: a questions file in the public format and the images it refers to."""
 
-    name: str = "synthetic"
+    # Names the dataset in each record's `source` (unless the record names its own) and in the manifest's
+    # counts; None = the source file's name without its extension.
+    name: Optional[str] = None
     questions: str = "${workdir}/data/raw/test_questions.jsonl"
     image_root: str = "${workdir}/data/raw"
     primary_metric: str = "vqa_accuracy"
@@ -269,6 +292,7 @@ class JobConfig:
     # a checkpoint folder, or "base" for the untrained model.
     model_uri: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

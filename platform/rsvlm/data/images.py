@@ -11,15 +11,28 @@ from PIL import Image
 
 from rsvlm.config.schema import ImageAspect
 
-# Refuse images that would decode to more pixels than this (decompression bombs); 16k × 16k.
+# Refuse images that would decode to more pixels than this (decompression bombs); 16k × 16k. The check is
+# ours (open_rgb), so PIL's own — a warning up to twice its limit, through the process-wide, thread-unsafe
+# warnings filter — is switched off.
 MAX_PIXELS = 16384 * 16384
+Image.MAX_IMAGE_PIXELS = None
+# Sanity limits for instruction images: smaller than this is an icon or a broken crop, and a more extreme
+# aspect ratio is a strip that padding to a square would turn into mostly fill colour.
+MIN_SIDE = 8
+MAX_ASPECT_RATIO = 20.0
 
 
 def open_rgb(source: Union[str, Path, bytes]) -> Image.Image:
-    """Decode an image file or bytes to RGB (RGBA, 16-bit, palette and grayscale images are converted)."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    """Decode an image file or bytes to RGB (RGBA, 16-bit, palette and grayscale images are converted).
+
+    Raises ``Image.DecompressionBombError`` before decoding an image of more than :data:`MAX_PIXELS`.
+    """
     stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-    with stream, Image.open(stream) as image:
+    with stream:
+        image = Image.open(stream)  # reads the header only
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise Image.DecompressionBombError(f"{width}x{height} = {width * height} pixels, limit {MAX_PIXELS}")
         image.load()
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # Scale 16/32-bit intensities to 8 bits instead of clipping them white.
@@ -27,6 +40,22 @@ def open_rgb(source: Union[str, Path, bytes]) -> Image.Image:
             peak = array.max() or 1.0
             image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
         return image.convert("RGB")
+
+
+def image_problem(source: Union[str, Path, bytes]) -> str | None:
+    """Why an image file cannot be trained on (corrupt, a decompression bomb, absurd size), or None."""
+    try:
+        image = open_rgb(source)
+    except Image.DecompressionBombError as exc:
+        return f"decompression bomb refused ({exc})"
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
+        return f"does not decode ({type(exc).__name__}: {exc})"
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        return f"too small ({width}x{height}; at least {MIN_SIDE} px a side)"
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return f"aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO:g}:1"
+    return None
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import ray
+from ray.data import RandomSeedConfig
 
-from rsvlm.data.prepare import read_manifest
 from rsvlm.data.samples import SampleBuilder
 
 
-def training_dataset(prepared_uri: str, builder: SampleBuilder, *, shuffle: bool, seed: int,
-                     batch_size: int = 32) -> ray.data.Dataset:
+def training_dataset(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, *, shuffle: bool,
+                     seed: int, batch_size: int = 32) -> ray.data.Dataset:
     """A lazy Ray Dataset of training rows; Ray Train splits it across workers (``streaming_split``).
 
     Lines are read as text and parsed in the map step: conversations vary in shape, and Arrow's JSON schema
@@ -20,9 +20,12 @@ def training_dataset(prepared_uri: str, builder: SampleBuilder, *, shuffle: bool
     # Progress bars turn into a log line per operator every few seconds in job logs; the training loop
     # prints its own progress.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    manifest = read_manifest(prepared_uri)
-    paths = [str(Path(prepared_uri) / shard) for shard in manifest["shards"]]
-    dataset = ray.data.read_text(paths)
+    storage = builder.storage
+    filesystem, _ = storage.filesystem(prepared_uri)
+    paths = [storage.filesystem(storage.join(prepared_uri, shard))[1] for shard in manifest["shards"]]
+    dataset = ray.data.read_text(paths, filesystem=filesystem)
     if shuffle:
-        dataset = dataset.random_shuffle(seed=seed)
+        # A new permutation every epoch (every execution of the dataset), the same sequence of permutations
+        # for the same seed.
+        dataset = dataset.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
     return dataset.map_batches(builder, batch_size=batch_size, batch_format="numpy")

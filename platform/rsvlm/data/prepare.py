@@ -1,28 +1,34 @@
 """Turn a raw instruction file into a prepared dataset: canonical JSONL shards, rejects and a manifest.
 
-A prepared dataset appears only when complete: everything is written into a temporary folder beside the
-output, ``manifest.json`` last, and the folder is renamed into place.
+Source, images and output may each be a local path, a ``file://`` or an ``s3://`` URI. A prepared dataset
+appears only when complete: it is staged in a local temporary folder and published with ``manifest.json``
+last (``Storage.publish_folder``), so a reader that finds the manifest finds every shard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+import posixpath
+import sys
 import tempfile
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
-from rsvlm.config.schema import DataConfig, OnError
-from rsvlm.data.images import open_rgb
-from rsvlm.data.records import Record, RecordError, check_record, read_llava_file
+from rsvlm.config.schema import DataConfig, DataFormat, OnError
+from rsvlm.data.formats import detect_format, parse_records
+from rsvlm.data.images import image_problem
+from rsvlm.data.records import Record, RecordError, check_record
+from rsvlm.data.storage import Storage, resolve_inside
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
-MIN_IMAGE_SIDE = 8
+# Remote image checks wait on the network, not the CPU: overlap them.
+IMAGE_CHECK_THREADS = 8
 
 
 class PrepareError(RuntimeError):
@@ -37,110 +43,148 @@ class PrepareError(RuntimeError):
 
 @dataclass
 class PreparedDataset:
-    path: Path
+    uri: str
     manifest: dict[str, Any]
 
 
-def prepare_dataset(cfg: DataConfig) -> PreparedDataset:
-    """Check every record of ``cfg.source`` (and its image under ``cfg.image_root``) and write the dataset."""
+def prepare_dataset(cfg: DataConfig, storage: Optional[Storage] = None) -> PreparedDataset:
+    """Check every record of ``cfg.source`` (and its image under ``cfg.image_root``) and publish the dataset."""
+    storage = storage or Storage()
     if cfg.synthetic is not None:
         from rsvlm.data.synthetic import write_dataset
 
+        if storage.is_remote(cfg.image_root):
+            raise ValueError(f"data.image_root={cfg.image_root}: synthetic data is generated to a local folder")
         write_dataset(cfg.image_root, seed=cfg.synthetic.seed, num_train_images=cfg.synthetic.num_train_images,
                       num_test_images=cfg.synthetic.num_test_images, image_size=cfg.synthetic.image_size)
-    source = Path(cfg.source)
-    if not source.is_file():
-        raise FileNotFoundError(f"data.source: no such file: {source}")
-    image_root = Path(cfg.image_root).resolve()
-    records, problems = check_all(source, image_root, source_name=cfg.name)
+    if not storage.is_file(cfg.source):
+        raise FileNotFoundError(f"data.source: no such file: {cfg.source}")
+    image_root = cfg.image_root if storage.is_remote(cfg.image_root) else str(Path(cfg.image_root).resolve())
+    records, problems = check_all(cfg, storage, image_root)
     if problems and cfg.on_error is OnError.fail:
         raise PrepareError(problems)
     manifest = {
         "records": len(records),
         "rejected": len(problems),
-        "source": str(source),
-        "image_root": str(image_root),
+        "source": cfg.source,
+        "image_root": image_root,
         "by_task": dict(sorted(Counter(r.task for r in records).items())),
         "by_source": dict(sorted(Counter(r.source for r in records).items())),
         "images": len({r.image for r in records if r.image}),
         "shards": [],
     }
-    return PreparedDataset(*_write_atomically(Path(cfg.prepared_uri), records, problems, manifest,
-                                              cfg.records_per_shard))
+    with tempfile.TemporaryDirectory(prefix="rsvlm-prepare-") as staging:
+        _write_shards(Path(staging), records, problems, manifest, cfg.records_per_shard)
+        storage.publish_folder(Path(staging), cfg.uri, last=MANIFEST)
+    return PreparedDataset(cfg.uri, manifest)
 
 
-def check_all(source: Path, image_root: Path, source_name: str) -> tuple[list[Record], list[RecordError]]:
-    """Every good record and every problem of a file, in file order."""
-    records: list[Record] = []
-    problems: list[RecordError] = []
-    seen_ids: dict[str, str] = {}
-    image_verdicts: dict[str, Optional[str]] = {}
+def check_all(cfg: DataConfig, storage: Storage, image_root: str) -> tuple[list[Record], list[RecordError]]:
+    """Every good record and every problem of ``cfg.source``, in file order."""
+    text = storage.read_text(cfg.source)
+    companion = storage.read_text(cfg.answers) if cfg.answers else None
     try:
-        raw_records = list(read_llava_file(source))
+        fmt = detect_format(text, cfg.source) if cfg.format is DataFormat.auto else cfg.format
+        raw_records = list(parse_records(text, cfg.source, fmt, companion_text=companion))
     except RecordError as exc:  # the whole file is unreadable JSON
         return [], [exc]
-    for where, raw in raw_records:
+    dataset_name = cfg.name or posixpath.splitext(posixpath.basename(cfg.source.rstrip("/")))[0]
+    candidates: list[tuple[str, Record]] = []
+    problems: list[tuple[int, RecordError]] = []
+    seen_ids: dict[str, str] = {}
+    for index, (where, raw) in enumerate(raw_records):
         try:
-            record = check_record(raw, str(source), where, source_name)
+            record = check_record(raw, cfg.source, where, dataset_name)
             if record.id in seen_ids:
-                raise RecordError(str(source), where, record.id, f"duplicate id (first at {seen_ids[record.id]})")
-            if record.image is not None:
-                if record.image not in image_verdicts:
-                    image_verdicts[record.image] = check_image(image_root, record.image)
-                if image_verdicts[record.image]:
-                    raise RecordError(str(source), where, record.id, image_verdicts[record.image])
+                raise RecordError(cfg.source, where, record.id, f"duplicate id (first at {seen_ids[record.id]})")
             seen_ids[record.id] = where
-            records.append(record)
+            candidates.append((where, record))
         except RecordError as exc:
-            problems.append(exc)
-    return records, problems
+            problems.append((index, exc))
+    verdicts = _check_images(storage, image_root, sorted({r.image for _, r in candidates if r.image}))
+    records = []
+    order = {where: index for index, (where, _) in enumerate(raw_records)}
+    for where, record in candidates:
+        if record.image and verdicts[record.image]:
+            problems.append((order[where], RecordError(cfg.source, where, record.id, verdicts[record.image])))
+        else:
+            records.append(record)
+    return records, [problem for _, problem in sorted(problems, key=lambda item: item[0])]
 
 
-def check_image(image_root: Path, relative: str) -> Optional[str]:
-    """Why the image cannot be used, or None. Paths may not leave ``image_root`` (``..``, absolute, symlinks)."""
-    path = (image_root / relative).resolve()
-    if os.path.isabs(relative) or not path.is_relative_to(image_root):
+def check_image(storage: Storage, image_root: str, relative: str) -> Optional[str]:
+    """Why an image cannot be used, or None. Paths may not leave ``image_root`` (``..``, absolute, symlinks)."""
+    try:
+        uri = resolve_inside(image_root, relative)
+    except ValueError:
         return f"image path '{relative}' escapes the image root"
-    if not path.is_file():
+    if not storage.is_remote(uri):
+        # Symlinks exist only locally: follow them and require the target to stay inside the root too.
+        if not Path(uri).resolve().is_relative_to(Path(image_root).resolve()):
+            return f"image path '{relative}' escapes the image root"
+    if not storage.is_file(uri):
         return f"image not found: {relative}"
-    if path.stat().st_size == 0:
+    data = storage.read_bytes(uri)
+    if not data:
         return f"image is empty: {relative}"
-    try:
-        image = open_rgb(path)
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
-        return f"image does not decode ({type(exc).__name__}: {exc}): {relative}"
-    if min(image.size) < MIN_IMAGE_SIDE:
-        return f"image is too small ({image.size[0]}x{image.size[1]}): {relative}"
-    return None
+    problem = image_problem(data)
+    return f"image {problem}: {relative}" if problem else None
 
 
-def _write_atomically(output: Path, records: list[Record], problems: list[RecordError], manifest: dict[str, Any],
-                      per_shard: int) -> tuple[Path, dict[str, Any]]:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        fingerprint = hashlib.sha256()
-        for start in range(0, max(len(records), 1), per_shard):
-            name = f"shard-{start // per_shard:05d}.jsonl"
-            lines = "".join(r.to_json() + "\n" for r in records[start:start + per_shard])
-            fingerprint.update(lines.encode())
-            (staging / name).write_text(lines, encoding="utf-8")
-            manifest["shards"].append(name)
-        (staging / REJECTS).write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems), encoding="utf-8")
-        manifest["fingerprint"] = fingerprint.hexdigest()
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output, manifest
+def _check_images(storage: Storage, image_root: str, images: list[str]) -> dict[str, Optional[str]]:
+    verdicts: dict[str, Optional[str]] = {}
+    progress = _Progress("images checked", len(images))
+    with ThreadPoolExecutor(IMAGE_CHECK_THREADS) as pool:
+        for image, verdict in zip(images, pool.map(lambda rel: check_image(storage, image_root, rel), images)):
+            verdicts[image] = verdict
+            progress.advance()
+    progress.close()
+    return verdicts
 
 
-def read_manifest(prepared: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared dataset; a clear error when the folder is not one (or is incomplete)."""
-    path = Path(prepared) / MANIFEST
-    if not path.is_file():
+class _Progress:
+    """A plain progress line at most every few seconds (no carriage returns: job logs stay readable)."""
+
+    def __init__(self, what: str, total: int, every_s: float = 5.0):
+        self.what, self.total, self.every_s = what, total, every_s
+        self.done, self.last = 0, time.monotonic()
+
+    def advance(self) -> None:
+        self.done += 1
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            print(f"{self.what}: {self.done}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(f"{self.what}: {self.done}/{self.total}", file=sys.stderr, flush=True)
+
+
+def _write_shards(staging: Path, records: list[Record], problems: list[RecordError], manifest: dict[str, Any],
+                  per_shard: int) -> None:
+    fingerprint = hashlib.sha256()
+    for start in range(0, max(len(records), 1), per_shard):
+        name = f"shard-{start // per_shard:05d}.jsonl"
+        lines = "".join(r.to_json() + "\n" for r in records[start:start + per_shard])
+        fingerprint.update(lines.encode())
+        (staging / name).write_text(lines, encoding="utf-8")
+        manifest["shards"].append(name)
+    (staging / REJECTS).write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems), encoding="utf-8")
+    manifest["fingerprint"] = fingerprint.hexdigest()
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def read_manifest(prepared: str, storage: Optional[Storage] = None) -> dict[str, Any]:
+    """The manifest of a prepared dataset; a clear error when the location is not one (or is incomplete)."""
+    storage = storage or Storage()
+    uri = storage.join(prepared, MANIFEST)
+    if not storage.is_file(uri):
         raise FileNotFoundError(f"{prepared} is not a prepared dataset (no {MANIFEST}); run jobs/prepare_data.py")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(storage.read_text(uri))
+
+
+def read_prepared_records(prepared: str, storage: Optional[Storage] = None) -> Iterator[dict[str, Any]]:
+    """Every canonical record of a prepared dataset, shard by shard (for small consumers; training streams)."""
+    storage = storage or Storage()
+    for shard in read_manifest(prepared, storage)["shards"]:
+        for line in storage.read_text(storage.join(prepared, shard)).splitlines():
+            yield json.loads(line)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from rsvlm.data.template import IMAGE_PLACEHOLDER
 
@@ -43,31 +42,6 @@ class RecordError(ValueError):
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "where": self.where, "id": self.record_id, "reason": self.reason}
-
-
-def read_llava_file(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """``(where, raw_record)`` of a LLaVA conversation file: a JSON list (where = ``item N``) or JSONL (``line N``).
-
-    Syntax errors raise :class:`RecordError` with the line and column; JSONL lines are read one by one so a
-    bad line names itself and the rest are still read.
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RecordError(str(path), f"{exc.lineno}:{exc.colno}", None, f"invalid JSON: {exc.msg}") from exc
-        for index, item in enumerate(items):
-            yield f"item {index}", item
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield f"{number}", RecordError(str(path), f"{number}:{exc.colno}", None, f"invalid JSON: {exc.msg}")
 
 
 def check_record(raw: Any, file: str, where: str, source: str) -> Record:
@@ -108,4 +82,5 @@ def check_record(raw: Any, file: str, where: str, source: str) -> Record:
         raise fail(f"{IMAGE_PLACEHOLDER} appears but the record has no image")
     conversations = [{"from": turn["from"], "value": turn["value"]} for turn in turns]
     meta = {k: v for k, v in raw.items() if k not in ("id", "image", "conversations", "task", "source")}
-    return Record(record_id, image, conversations, str(raw.get("task") or "conversation"), source, meta)
+    own_source = raw.get("source") if isinstance(raw.get("source"), str) and raw.get("source").strip() else None
+    return Record(record_id, image, conversations, str(raw.get("task") or "conversation"), own_source or source, meta)

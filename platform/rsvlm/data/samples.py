@@ -8,8 +8,7 @@ has one fixed schema; :func:`collate` trims each batch back to its longest row.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 from rsvlm.config.schema import ImageAspect
 from rsvlm.data.images import open_rgb, preprocess_images
+from rsvlm.data.storage import Storage, resolve_inside
 from rsvlm.data.template import IGNORE_INDEX, ChatTemplate, tokenize_conversation
 
 
@@ -28,6 +28,7 @@ class SampleBuilder:
     max_length: int
     image_root: str
     aspect: ImageAspect = ImageAspect.pad
+    storage: Storage = field(default_factory=Storage)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``{"text": JSON lines}`` → ``input_ids, labels, length, pixel_values, has_image, fully_masked, task``."""
@@ -48,7 +49,8 @@ class SampleBuilder:
         crop = self.processor.image_processor.crop_size
         pixel_values = np.zeros((rows, 3, crop["height"], crop["width"]), dtype=np.float32)
         if has_image.any():
-            images = [open_rgb(Path(self.image_root) / r["image"]) for r in records if r.get("image") is not None]
+            images = [open_rgb(self.storage.read_bytes(resolve_inside(self.image_root, r["image"])))
+                      for r in records if r.get("image") is not None]
             pixel_values[has_image] = preprocess_images(images, self.processor.image_processor, self.aspect)
         return {"input_ids": input_ids, "labels": labels, "length": lengths, "pixel_values": pixel_values,
                 "has_image": has_image, "fully_masked": fully_masked,

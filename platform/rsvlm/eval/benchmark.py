@@ -19,24 +19,23 @@ GROUNDING_TYPES = ("grounding",)
 CHOICE_TYPES = ("relation",)
 
 
-def read_questions(path: str | Path, limit: Optional[int] = None) -> list[dict[str, Any]]:
-    """Question rows of a benchmark file; ``text`` is filled from ``question`` where only that is given."""
+def read_questions(text: str, file_name: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
+    """Question rows of a benchmark file's ``text``; ``text`` is filled from ``question`` where only that is given."""
     rows = []
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
-            missing = [key for key in ("question_id", "category", "ground_truth") if key not in row]
-            if missing or not ("text" in row or "question" in row):
-                raise ValueError(f"{path}:{number}: question row lacks {missing or ['text|question']}")
-            row.setdefault("text", row.get("question"))
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{file_name}:{number}: invalid JSON: {exc.msg}") from exc
+        missing = [key for key in ("question_id", "category", "ground_truth") if key not in row]
+        if missing or not ("text" in row or "question" in row):
+            raise ValueError(f"{file_name}:{number}: question row lacks {missing or ['text|question']}")
+        row.setdefault("text", row.get("question"))
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
     return rows
 
 

@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 from rsvlm.config.schema import JobConfig
 from rsvlm.data.images import open_rgb
-from rsvlm.data.records import read_llava_file
+from rsvlm.data.prepare import read_prepared_records
+from rsvlm.data.storage import Storage, resolve_inside
 from rsvlm.eval.benchmark import (majority_answers, prediction_rows, read_questions, score_predictions,
                                   write_jsonl)
 from rsvlm.eval.generate import Prompt, generate_answers
@@ -45,14 +46,14 @@ def load_for_evaluation(job: JobConfig, model_uri: str) -> tuple[LoadedModel, Op
 def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None) -> Evaluation:
     """Answer every question of ``job.benchmark`` with greedy decoding, score, write files, log to MLflow."""
     loaded, name, version = load_for_evaluation(job, model_uri)
-    bench = job.benchmark
-    questions = read_questions(bench.questions, bench.limit)
+    bench, storage = job.benchmark, Storage(job.storage)
+    questions = _benchmark_questions(job, storage)
     images: dict[str, Any] = {}
     prompts = []
     for question in questions:
         image = question.get("image")
         if image and image not in images:
-            images[image] = open_rgb(Path(bench.image_root) / image)
+            images[image] = open_rgb(storage.read_bytes(resolve_inside(bench.image_root, image)))
         prompts.append(Prompt(question["text"], images.get(image) if image else None))
     answers = generate_answers(loaded, prompts, batch_size=bench.batch_size, max_new_tokens=bench.max_new_tokens,
                                aspect=job.model.image_aspect)
@@ -67,10 +68,16 @@ def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None) 
 def evaluate_blind_baseline(job: JobConfig) -> Evaluation:
     """Score the most frequent training answer per question type, ignoring the image: what a model must beat
     to show it looks at the image at all."""
-    majority = majority_answers(record for _, record in read_llava_file(job.data.source))
-    questions = read_questions(job.benchmark.questions, job.benchmark.limit)
+    storage = Storage(job.storage)
+    majority = majority_answers(read_prepared_records(job.data.uri, storage))
+    questions = _benchmark_questions(job, storage)
     answers = [majority.get(q["category"], "") for q in questions]
     return _record(job, "blind-baseline", prediction_rows(questions, answers))
+
+
+def _benchmark_questions(job: JobConfig, storage: Storage) -> list[dict[str, Any]]:
+    bench = job.benchmark
+    return read_questions(storage.read_text(bench.questions), bench.questions, bench.limit)
 
 
 def _record(job: JobConfig, label: str, rows: list[dict[str, Any]]) -> Evaluation:

@@ -10,7 +10,9 @@ from typing import Optional
 from rsvlm.config import to_dict
 from rsvlm.config.schema import JobConfig
 from rsvlm.data.ingest import training_dataset
+from rsvlm.data.prepare import read_manifest
 from rsvlm.data.samples import SampleBuilder
+from rsvlm.data.storage import Storage
 from rsvlm.data.template import VICUNA_V1
 from rsvlm.model.build import load_processor
 from rsvlm.tracking import create_run, finish_run, flatten_config, make_logger, register_model_version
@@ -30,12 +32,14 @@ class FinetuneResult:
 
 
 def run_finetune(job: JobConfig) -> FinetuneResult:
-    """Fine-tune ``job.model`` with ``job.strategy`` on ``job.data.prepared_uri``; register the result."""
+    """Fine-tune ``job.model`` with ``job.strategy`` on ``job.data.uri``; register the result."""
     distributed.ensure_ray(job.ray_address)
     processor, image_tokens = load_processor(job.model)
-    builder = SampleBuilder(processor, VICUNA_V1, image_tokens, job.data.max_length,
-                            _image_root_of(job), job.model.image_aspect)
-    dataset = training_dataset(job.data.prepared_uri, builder, shuffle=job.data.shuffle, seed=job.train.seed)
+    storage = Storage(job.storage)
+    manifest = read_manifest(job.data.uri, storage)
+    builder = SampleBuilder(processor, VICUNA_V1, image_tokens, job.data.max_length, manifest["image_root"],
+                            job.model.image_aspect, storage)
+    dataset = training_dataset(job.data.uri, manifest, builder, shuffle=job.data.shuffle, seed=job.train.seed)
 
     run_name = job.train.run_name or f"{job.registered_model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = None
@@ -60,9 +64,3 @@ def run_finetune(job: JobConfig) -> FinetuneResult:
         finish_run(job.tracking.uri, run_id, "FINISHED")
     return FinetuneResult(checkpoint, dict(result.metrics or {}), run_id,
                           job.registered_model_name if version else None, version)
-
-
-def _image_root_of(job: JobConfig) -> str:
-    from rsvlm.data.prepare import read_manifest
-
-    return read_manifest(job.data.prepared_uri)["image_root"]

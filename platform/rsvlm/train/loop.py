@@ -81,7 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             window, window_samples, window_started = [], 0, time.perf_counter()
 
     final = {"step": job.train.max_steps, "loss": metrics["train/loss"], "fully_masked_samples": masked,
-             "samples_seen": seen}
+             "samples_seen": seen, "world_size": context.world_size}
     with distributed.checkpoint_dir(job, config["run_name"], f"checkpoint_final_step{job.train.max_steps}") as directory:
         checkpoint = None
         if context.is_rank_zero:
