@@ -30,5 +30,9 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -q tests/unit $(ARGS)
 
+# Each bench prints one JSON line of figures; docs/PERFORMANCE.md records them with the machine.
+bench: setup
+	for script in bench/*.py; do echo "== $$script"; $(PY) $$script $(ARGS); done
+
 clean:
 	rm -rf runs outputs multirun .pytest_cache

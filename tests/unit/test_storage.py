@@ -77,7 +77,8 @@ def test_publish_folder_refuses_a_folder_without_its_last_file(tmp_path):
 def test_storage_pickles_without_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
     storage = Storage(StorageConfig(endpoint_url="http://127.0.0.1:1", region="eu-west-1"))
-    storage.filesystem("s3://bucket/key")  # creates the S3 client, which holds the secret
+    storage.filesystem("s3://bucket/key")  # creates the S3 clients, which hold the secret
+    storage._s3_client()
     assert "super-secret-value" not in repr(storage)
     data = pickle.dumps(storage)
     assert b"super-secret-value" not in data

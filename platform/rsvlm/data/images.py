@@ -38,7 +38,7 @@ def open_rgb(source: Union[str, Path, bytes]) -> Image.Image:
             # Scale 16/32-bit intensities to 8 bits instead of clipping them white.
             array = np.asarray(image, dtype=np.float64)
             peak = array.max() or 1.0
-            image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
+            image = Image.fromarray(np.rint(array * (255.0 / peak)).astype(np.uint8))
         return image.convert("RGB")
 
 
@@ -69,9 +69,34 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
     return canvas
 
 
-def preprocess_images(images: Sequence[Image.Image], image_processor, aspect: ImageAspect) -> np.ndarray:
-    """Pixel values ``[N, 3, H, W]`` float32 for the vision tower."""
+def resize_images(images: Sequence[Image.Image], image_processor, aspect: ImageAspect) -> np.ndarray:
+    """The geometric half of preprocessing: pad (``aspect=pad``), resize and crop. ``[N, 3, H, W]`` uint8.
+
+    Training ships these uint8 pixels from the data workers (a quarter of float32's bytes through Ray's
+    object store) and :func:`normalize_pixels` finishes the job where the batch is assembled.
+    """
     if aspect is ImageAspect.pad:
         fill = tuple(int(round(255 * m)) for m in image_processor.image_mean)
         images = [expand_to_square(image, fill) for image in images]
-    return np.asarray(image_processor(images=list(images), return_tensors="np")["pixel_values"], dtype=np.float32)
+    pixels = image_processor(images=list(images), do_rescale=False, do_normalize=False,
+                             return_tensors="np")["pixel_values"]
+    if pixels.dtype == np.uint8:  # PIL-based processors resize in uint8 already
+        return pixels
+    return np.clip(np.rint(pixels, dtype=np.float32), 0, 255).astype(np.uint8)
+
+
+def normalize_pixels(pixels, image_processor):
+    """uint8 ``[N, 3, H, W]`` (numpy or torch) → the processor's rescaled, normalised float32 values."""
+    scale = float(getattr(image_processor, "rescale_factor", 1 / 255))
+    mean = np.asarray(image_processor.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(image_processor.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+    if isinstance(pixels, np.ndarray):
+        return (pixels.astype(np.float32) * scale - mean) / std
+    import torch
+
+    return (pixels.float() * scale - torch.from_numpy(mean).to(pixels.device)) / torch.from_numpy(std).to(pixels.device)
+
+
+def preprocess_images(images: Sequence[Image.Image], image_processor, aspect: ImageAspect) -> np.ndarray:
+    """Pixel values ``[N, 3, H, W]`` float32 for the vision tower (what the processor alone would give)."""
+    return normalize_pixels(resize_images(images, image_processor, aspect), image_processor)

@@ -66,16 +66,17 @@ class Storage:
     def __init__(self, options: Optional[StorageConfig] = None):
         self.options = options or StorageConfig()
         self._s3: Optional[pafs.S3FileSystem] = None
+        self._client = None  # boto3 S3 client, for single-GET reads
 
     def __repr__(self) -> str:
         return f"Storage(endpoint_url={self.endpoint_url!r}, region={self.options.region!r})"
 
     def __getstate__(self) -> dict:
-        # The live S3 client holds credentials; the receiving process resolves its own.
+        # The live S3 clients hold credentials; the receiving process resolves its own.
         return {"options": self.options}
 
     def __setstate__(self, state: dict) -> None:
-        self.options, self._s3 = state["options"], None
+        self.options, self._s3, self._client = state["options"], None, None
 
     @property
     def endpoint_url(self) -> Optional[str]:
@@ -97,20 +98,31 @@ class Storage:
             self._s3 = _s3_filesystem(self.endpoint_url, self.options.region)
         return self._s3
 
+    def _s3_client(self):
+        if self._client is None:
+            self._client = _s3_client(self.endpoint_url, self.options.region)
+        return self._client
+
     # -- reading -----------------------------------------------------------------------------------------
 
     def read_bytes(self, uri: str) -> bytes:
         """The whole object; FileNotFoundError names the URI when it is missing."""
         if not is_remote(uri):
             return local_path(uri).read_bytes()
-        fs, path = self.filesystem(uri)
+        # One GET through boto3: pyarrow's S3 input streams send a HEAD first, which doubles the requests per
+        # image and the endpoint's CPU (bench/ingest.py measures it).
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = str(uri)[len(S3_SCHEME):].partition("/")
         try:
-            with fs.open_input_stream(path) as stream:
-                return stream.readall()
-        except (FileNotFoundError, OSError) as exc:
-            if not self.is_file(uri):
+            return self._s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
                 raise FileNotFoundError(f"no such object: {uri}") from None
-            raise OSError(f"reading {uri} failed: {exc}") from None
+            raise OSError(f"reading {uri} failed: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise OSError(f"reading {uri} failed: {type(exc).__name__}: {exc}") from None
 
     def read_text(self, uri: str) -> str:
         """The object decoded as UTF-8; a UnicodeDecodeError is reported with the URI."""
@@ -227,3 +239,15 @@ def _s3_filesystem(endpoint_url: Optional[str], region: Optional[str]) -> pafs.S
         # MinIO and moto serve every bucket at the endpoint's own address.
         kwargs["force_virtual_addressing"] = False
     return pafs.S3FileSystem(**kwargs)
+
+
+def _s3_client(endpoint_url: Optional[str], region: Optional[str]):
+    """A boto3 S3 client (standard credential chain) with bounded retries, so a dead endpoint fails fast."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.Session()
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                    max_pool_connections=32)
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region or session.region_name or "us-east-1",
+                          config=config)

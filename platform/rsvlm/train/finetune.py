@@ -38,7 +38,7 @@ def run_finetune(job: JobConfig) -> FinetuneResult:
     storage = Storage(job.storage)
     manifest = read_manifest(job.data.uri, storage)
     builder = SampleBuilder(processor, VICUNA_V1, image_tokens, job.data.max_length, manifest["image_root"],
-                            job.model.image_aspect, storage)
+                            job.model.image_aspect, storage, job.data.fetch_threads)
     dataset = training_dataset(job.data.uri, manifest, builder, shuffle=job.data.shuffle, seed=job.train.seed)
 
     run_name = job.train.run_name or f"{job.registered_model_name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -53,7 +53,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model, job.optim)
     warmup = int(job.optim.warmup_ratio * job.train.max_steps)
     scheduler = warmup_cosine(optimizer, warmup, job.train.max_steps)
-    batches = _batches(job, distributed.worker_device())
+    batches = _batches(job, loaded.processor.image_processor, distributed.worker_device())
 
     seen = masked = 0
     window: list[dict[str, float]] = []
@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         distributed.report(final, checkpoint)
 
 
-def _batches(job: JobConfig, device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+def _batches(job: JobConfig, image_processor, device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
     """Endless ``(inputs, dropped)`` from this worker's shard, epoch after epoch; rows are fully-masked-free."""
     shard = distributed.dataset_shard("train")
     epoch = 0
@@ -99,12 +99,12 @@ def _batches(job: JobConfig, device: torch.device) -> Iterator[tuple[dict[str, t
         dropped_since = 0
         for batch in shard.iter_batches(batch_size=job.train.micro_batch_size, batch_format="numpy",
                                         prefetch_batches=2, drop_last=False):
-            inputs, dropped = collate(batch)
+            inputs, dropped = collate(batch, image_processor, device)
             dropped_since += dropped
             if inputs is None:
                 continue
             produced = True
-            yield {key: value.to(device) for key, value in inputs.items()}, dropped_since
+            yield inputs, dropped_since
             dropped_since = 0
         if not produced:
             raise RuntimeError(f"epoch {epoch}: this worker's data shard produced no usable sample")

@@ -1,0 +1,19 @@
+"""The benches run end to end at toy size and print their JSON line (figures are not judged here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_ingest_bench_prints_its_figures():
+    result = subprocess.run([sys.executable, "bench/ingest.py", "--images", "24", "--image-size", "64"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["images"] == 24
+    for key in ("ray_images_per_s", "baseline_images_per_s", "limit_images_per_s"):
+        assert figures[key] > 0, key
+    ratio = figures["ray_images_per_s"] / figures["baseline_images_per_s"]
+    assert abs(figures["ray_over_baseline"] - ratio) < 0.01
