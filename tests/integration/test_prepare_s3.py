@@ -87,3 +87,16 @@ def test_prepare_job_shorthands_fail_lists_problems_and_skip_exits_zero(bucket, 
     assert "prepared 1 records (2 rejected, 1 images)" in skipped.stdout
     assert json.loads(storage.read_text(f"{output}/{MANIFEST}"))["by_source"] == {"job": 1}
     assert "rsvlm-test-secret" not in skipped.stdout + skipped.stderr
+
+
+def test_json_syntax_errors_from_s3_name_line_and_column(bucket):
+    storage, prefix = bucket
+    jsonl = f"{prefix}/syntax.jsonl"
+    storage.write_text(jsonl, json.dumps(conversation("a1")) + '\n{"id": "b", oops}\n')
+    with pytest.raises(PrepareError, match=r"syntax.jsonl:2:\d+: id=\?: invalid JSON"):
+        prepare_dataset(config(prefix, jsonl), storage)
+    listing = f"{prefix}/syntax.json"
+    storage.write_text(listing, '[\n  {"id": "a1",\n   "image": "a.png" oops}\n]')
+    with pytest.raises(PrepareError, match=r"syntax.json:3:\d+: id=\?: invalid JSON"):
+        prepare_dataset(config(prefix, listing), storage)
+    assert storage.list_files(f"{jsonl}.prepared") == [] and storage.list_files(f"{listing}.prepared") == []
