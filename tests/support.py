@@ -91,3 +91,18 @@ def upload_tree(storage, folder: Path, dest: str) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.is_symlink():
             storage.write_bytes(storage.join(dest, path.relative_to(folder).as_posix()), path.read_bytes())
+
+
+def llava_batch(loaded, seed: int = 0) -> dict:
+    """One image-text sample with an answer for a loaded model (``LoadedModel``), through the real template code."""
+    import torch
+
+    from rsvlm.data.template import VICUNA_V1, tokenize_conversation
+
+    turns = [{"from": "human", "value": "<image>\nIs there a ship in the image?"}, {"from": "gpt", "value": "yes"}]
+    sample = tokenize_conversation(turns, loaded.tokenizer, VICUNA_V1, loaded.image_token_count, 256)
+    generator = torch.Generator().manual_seed(seed)
+    size = loaded.model.config.vision_config.image_size
+    return {"input_ids": torch.tensor([sample.input_ids]), "labels": torch.tensor([sample.labels]),
+            "attention_mask": torch.ones(1, len(sample.input_ids), dtype=torch.long),
+            "pixel_values": torch.randn(1, 3, size, size, generator=generator)}

@@ -43,6 +43,7 @@ def test_mlflow_run_has_config_params_and_metrics(trained):
     assert run.data.params["strategy.rank"] == "16"
     assert run.data.params["model.name_or_path"] == "tiny"
     assert int(run.data.params["model.params.vision_tower.trainable"]) == 0
+    assert float(run.data.params["memory.estimate_gib"]) > 0
     assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s"} <= set(run.data.metrics)
 
 

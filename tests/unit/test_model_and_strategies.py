@@ -13,6 +13,7 @@ from rsvlm.model.build import load_model
 from rsvlm.model.parts import model_parts
 from rsvlm.strategies import build_strategy, trainable_parameter_counts
 from rsvlm.strategies.checkpoint import load_checkpoint, save_checkpoint
+from support import llava_batch
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +21,12 @@ def job(tmp_path_factory):
     return compose([f"workdir={tmp_path_factory.mktemp('w')}", "strategy.rank=8", "strategy.alpha=16"])
 
 
-def batch(loaded, seed=0):
-    """One image-text sample with an answer, built through the real template code."""
-    from rsvlm.data.template import VICUNA_V1, tokenize_conversation
-
-    turns = [{"from": "human", "value": "<image>\nIs there a ship in the image?"}, {"from": "gpt", "value": "yes"}]
-    sample = tokenize_conversation(turns, loaded.tokenizer, VICUNA_V1, loaded.image_token_count, 256)
-    generator = torch.Generator().manual_seed(seed)
-    size = loaded.model.config.vision_config.image_size
-    return {"input_ids": torch.tensor([sample.input_ids]), "labels": torch.tensor([sample.labels]),
-            "attention_mask": torch.ones(1, len(sample.input_ids), dtype=torch.long),
-            "pixel_values": torch.randn(1, 3, size, size, generator=generator)}
-
-
 def test_tiny_model_is_deterministic(job):
     first, second = load_model(job.model), load_model(job.model)
     assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
-    loss = first.model(**batch(first)).loss
+    loss = first.model(**llava_batch(first)).loss
     assert torch.isfinite(loss)
 
 
@@ -70,7 +58,7 @@ def test_lora_checkpoint_round_trip_keeps_the_projector(job, tmp_path):
         for name, parameter in model.named_parameters():
             if parameter.requires_grad:
                 parameter.add_(0.05 * torch.randn_like(parameter))
-    inputs = batch(loaded)
+    inputs = llava_batch(loaded)
     model.eval()
     expected = model(**inputs).logits
     save_checkpoint(tmp_path, model, loaded.processor, job, {"step": 1})
@@ -96,7 +84,7 @@ def test_full_checkpoint_round_trip(tmp_path):
     assert counts["llm"]["trainable"] == counts["llm"]["total"]
     with torch.no_grad():
         model.model.multi_modal_projector.linear_1.weight.add_(0.1)
-    inputs = batch(loaded)
+    inputs = llava_batch(loaded)
     expected = model.eval()(**inputs).logits
     save_checkpoint(tmp_path / "ckpt", model, loaded.processor, job)
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
@@ -115,7 +103,7 @@ def test_a_saved_llava_folder_loads_by_path(job, tmp_path):
     loaded = load_model(config)
     assert type(loaded.model).__name__ == "LlavaForConditionalGeneration"
     assert loaded.image_token_count == tiny.image_token_count == 16
-    inputs = batch(tiny)
+    inputs = llava_batch(tiny)
     torch.testing.assert_close(loaded.model.eval()(**inputs).logits, tiny.model.eval()(**inputs).logits)
     processor, image_tokens = load_processor(config)
     assert image_tokens == 16 and processor.tokenizer.get_vocab() == tiny.tokenizer.get_vocab()

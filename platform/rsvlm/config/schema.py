@@ -326,6 +326,16 @@ class BenchmarkConfig:
 
 
 @dataclass
+class ExportConfig:
+    """What ``jobs/export.py`` writes: a plain transformers model with the adapters merged in."""
+
+    # The folder to create (local); required by export, which refuses an existing one.
+    output: Optional[str] = None
+    # The task whose function is merged, for adapters that depend on it (MoE-LoRA with routing=task).
+    task: Optional[str] = None
+
+
+@dataclass
 class JobConfig:
     """The whole configuration of any rsvlm job (each job reads the parts it needs)."""
 
@@ -344,6 +354,7 @@ class JobConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def registered_model_name(self) -> str:

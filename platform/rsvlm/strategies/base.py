@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -29,8 +30,15 @@ class Strategy(Protocol):
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         """``base_model`` with the weights saved in ``directory`` applied."""
 
-    def merge(self, model: nn.Module) -> nn.Module:
-        """A plain transformers model computing the same function (adapters folded in)."""
+    def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
+        """A plain transformers model computing the same function (adapters folded in).
+
+        ``task`` picks the task whose function is folded in where the adapter depends on it (MoE-LoRA with
+        task routing); strategies without task-dependent weights ignore it.
+        """
+
+    def set_batch_tasks(self, model: nn.Module, tasks: Sequence[str]) -> None:
+        """Tell ``model`` the task of each row of the next batch (only task-routed adapters use it)."""
 
 
 def apply_trainability(model: nn.Module, config: StrategyConfig) -> None:
@@ -39,6 +47,27 @@ def apply_trainability(model: nn.Module, config: StrategyConfig) -> None:
         trains = getattr(config, part) is Trainability.full
         for _, module in modules:
             module.requires_grad_(trains)
+
+
+def adapter_targets(model: nn.Module, config: StrategyConfig) -> tuple[str, list[str]]:
+    """Where an adapter strategy puts its adapters, and which modules it trains and saves whole.
+
+    Returns ``(targets, full_modules)``: a regular expression matching the qualified names of the LLM's
+    linear layers to adapt (every one except lm_head, LLaVA's recipe, or those whose leaf name is in
+    ``config.target_modules``), and the qualified names of the vision tower / projector modules configured
+    ``full``. Targets are found from the model's own modules, not hard-coded names.
+    """
+    parts = model_parts(model)
+    (llm_prefix, llm), _head = parts["llm"]
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in llm.named_modules() if isinstance(module, nn.Linear)})
+    wanted = config.target_modules or leaves
+    unknown = sorted(set(wanted) - set(leaves))
+    if unknown:
+        raise ValueError(f"strategy.target_modules {unknown} are not linear layers of the LLM; it has {leaves}")
+    targets = rf"^{re.escape(llm_prefix)}\..*\.({'|'.join(map(re.escape, wanted))})$"
+    full_modules = [name for part in ("vision_tower", "projector")
+                    if getattr(config, part) is Trainability.full for name, _ in parts[part]]
+    return targets, full_modules
 
 
 def trainable_parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:

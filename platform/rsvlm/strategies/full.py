@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,5 +30,8 @@ class FullStrategy:
         # The folder is a whole model: load it with the base model's class, weights from the checkpoint.
         return type(base_model).from_pretrained(directory, dtype=base_model.dtype)
 
-    def merge(self, model: nn.Module) -> nn.Module:
+    def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         return model
+
+    def set_batch_tasks(self, model: nn.Module, tasks: Sequence[str]) -> None:
+        """Full fine-tuning does not depend on the task."""

@@ -7,16 +7,15 @@ its projector (LLaVA#808, #784, #1416) cannot happen here.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from rsvlm.config.schema import StrategyConfig, Trainability
-from rsvlm.model.parts import model_parts
+from rsvlm.config.schema import StrategyConfig
+from rsvlm.strategies.base import adapter_targets
 
 
 class LoraStrategy:
@@ -25,17 +24,7 @@ class LoraStrategy:
 
     def peft_config(self, model: nn.Module) -> LoraConfig:
         """The peft config for ``model``: targets found from the model's own modules, not hard-coded names."""
-        parts = model_parts(model)
-        (llm_prefix, llm), (head_prefix, _) = parts["llm"]
-        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in llm.named_modules()
-                         if isinstance(module, nn.Linear)})
-        wanted = self.config.target_modules or leaves
-        unknown = sorted(set(wanted) - set(leaves))
-        if unknown:
-            raise ValueError(f"strategy.target_modules {unknown} are not linear layers of the LLM; it has {leaves}")
-        targets = rf"^{re.escape(llm_prefix)}\..*\.({'|'.join(map(re.escape, wanted))})$"
-        full_parts = [name for part in ("vision_tower", "projector")
-                      if getattr(self.config, part) is Trainability.full for name, _ in parts[part]]
+        targets, full_parts = adapter_targets(model, self.config)
         return LoraConfig(
             r=self.config.rank,
             lora_alpha=self.config.alpha,
@@ -58,5 +47,8 @@ class LoraStrategy:
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         return PeftModel.from_pretrained(base_model, directory)
 
-    def merge(self, model: nn.Module) -> nn.Module:
+    def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         return model.merge_and_unload()
+
+    def set_batch_tasks(self, model: nn.Module, tasks: Sequence[str]) -> None:
+        """LoRA does not depend on the task."""

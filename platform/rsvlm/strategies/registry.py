@@ -6,10 +6,12 @@ from rsvlm.config.schema import StrategyConfig, StrategyName
 from rsvlm.strategies.base import Strategy
 from rsvlm.strategies.full import FullStrategy
 from rsvlm.strategies.lora import LoraStrategy
+from rsvlm.strategies.moe_lora import MoeLoraStrategy
 
 STRATEGIES: dict[StrategyName, type] = {
     StrategyName.full: FullStrategy,
     StrategyName.lora: LoraStrategy,
+    StrategyName.moe_lora: MoeLoraStrategy,
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from rsvlm.config import to_dict
-from rsvlm.config.schema import JobConfig
+from rsvlm.config.schema import JobConfig, Routing, StrategyName
 from rsvlm.data.ingest import training_dataset
 from rsvlm.data.prepare import read_manifest
 from rsvlm.data.samples import SampleBuilder
@@ -37,6 +37,10 @@ def run_finetune(job: JobConfig) -> FinetuneResult:
     processor, image_tokens = load_processor(job.model)
     storage = Storage(job.storage)
     manifest = read_manifest(job.data.uri, storage)
+    strategy = job.strategy
+    if strategy.name is StrategyName.moe_lora and strategy.routing is Routing.task and not strategy.tasks:
+        # Task routing has one gate per task, in this order; the checkpoint records it.
+        strategy.tasks = sorted(manifest["by_task"])
     builder = SampleBuilder(processor, VICUNA_V1, image_tokens, job.data.max_length, manifest["image_root"],
                             job.model.image_aspect, storage, job.data.fetch_threads)
     dataset = training_dataset(job.data.uri, manifest, builder, shuffle=job.data.shuffle, seed=job.train.seed)

@@ -11,6 +11,7 @@ from rsvlm.config import from_dict
 from rsvlm.config.schema import JobConfig
 from rsvlm.data.samples import collate
 from rsvlm.model.build import load_model
+from rsvlm.model.memory import enable_gradient_checkpointing, estimate_training_memory, trainable_parameter_report
 from rsvlm.strategies import build_strategy, trainable_parameter_counts
 from rsvlm.strategies.checkpoint import save_checkpoint
 from rsvlm.tracking import NullRunLogger, make_logger
@@ -44,10 +45,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loaded = load_model(job.model)
     strategy = build_strategy(job.strategy)
     model = strategy.apply(loaded.model)
+    if job.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     counts = trainable_parameter_counts(model)
-    progress.message("trainable parameters: " + ", ".join(
-        f"{part} {c['trainable']:,}/{c['total']:,}" for part, c in counts.items()))
-    logger.log_params({f"model.params.{part}.{kind}": n for part, c in counts.items() for kind, n in c.items()})
+    memory = estimate_training_memory(model, micro_batch_size=job.train.micro_batch_size,
+                                      seq_len=job.data.max_length,
+                                      gradient_checkpointing=job.train.gradient_checkpointing)
+    for line in trainable_parameter_report(model) + memory.lines():
+        progress.message(line)
+    logger.log_params({f"model.params.{part}.{kind}": n for part, c in counts.items() for kind, n in c.items()}
+                      | {"memory.estimate_gib": round(memory.total_gib, 2)})
     model = distributed.prepare_model(model)
 
     optimizer = build_optimizer(model, job.optim)
@@ -59,7 +66,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window: list[dict[str, float]] = []
     window_samples, window_started = 0, time.perf_counter()
     for step in range(1, job.train.max_steps + 1):
-        inputs, dropped = next(batches)
+        inputs, tasks, dropped = next(batches)
         masked += dropped
         seen += dropped + inputs["input_ids"].shape[0]
         if seen >= MIN_SAMPLES_FOR_MASK_CHECK and masked / seen > job.data.max_fully_masked_fraction:
@@ -67,6 +74,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"{masked} of {seen} samples had every label masked (> data.max_fully_masked_fraction="
                 f"{job.data.max_fully_masked_fraction}); answers are probably cut off by data.max_length="
                 f"{job.data.max_length}")
+        strategy.set_batch_tasks(model, tasks)
         window.append(train_step(model, inputs, optimizer, scheduler, job.optim.max_grad_norm,
                                  strategy.aux_loss))
         window_samples += inputs["input_ids"].shape[0]
@@ -90,8 +98,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         distributed.report(final, checkpoint)
 
 
-def _batches(job: JobConfig, image_processor, device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
-    """Endless ``(inputs, dropped)`` from this worker's shard, epoch after epoch; rows are fully-masked-free."""
+def _batches(job: JobConfig, image_processor,
+             device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], list[str], int]]:
+    """Endless ``(inputs, tasks, dropped)`` from this worker's shard, epoch after epoch; rows are
+    fully-masked-free and ``tasks`` names each kept row's task (task-routed adapters use it)."""
     shard = distributed.dataset_shard("train")
     epoch = 0
     while True:
@@ -104,7 +114,7 @@ def _batches(job: JobConfig, image_processor, device: torch.device) -> Iterator[
             if inputs is None:
                 continue
             produced = True
-            yield inputs, dropped_since
+            yield inputs, list(batch["task"][~batch["fully_masked"]]), dropped_since
             dropped_since = 0
         if not produced:
             raise RuntimeError(f"epoch {epoch}: this worker's data shard produced no usable sample")
