@@ -17,3 +17,15 @@ def test_ingest_bench_prints_its_figures():
         assert figures[key] > 0, key
     ratio = figures["ray_images_per_s"] / figures["baseline_images_per_s"]
     assert abs(figures["ray_over_baseline"] - ratio) < 0.01
+
+
+def test_strategies_bench_prints_its_ratios():
+    result = subprocess.run([sys.executable, "bench/strategies.py", "--hidden", "64", "--layers", "1", "--heads", "2",
+                             "--intermediate", "128", "--seq", "32", "--batch", "1", "--steps", "1", "--rank", "8"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["moe_lora_trainable_params"] == figures["moe_lora_loop_trainable_params"]
+    assert figures["lora_trainable_params"] < figures["full_trainable_params"]
+    for key in ("moe_lora_over_lora", "full_over_lora", "moe_lora_over_loop_reference"):
+        assert figures[key] > 0, key
