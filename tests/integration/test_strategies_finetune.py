@@ -87,3 +87,33 @@ def test_strategy_finetunes_and_its_checkpoint_loads(name, workdir, local_ray):
         aux = client.get_metric_history(result.run_id, "train/aux_loss")
         # A sum over the adapted layers of losses that are >= 1 at their best, times the coefficient.
         assert aux and all(math.isfinite(m.value) and m.value > 0 for m in aux)
+
+
+def test_full_fine_tuning_shards_with_fsdp_across_two_workers(tmp_path, local_ray):
+    """FSDP2 over gloo on two CPU workers: trains, gathers the shards and saves one loadable model."""
+    from rsvlm.config import compose
+    from rsvlm.model.build import load_model
+    from support import llava_batch
+
+    job = compose([f"workdir={tmp_path}", "data.synthetic.num_train_images=16", "data.synthetic.num_test_images=2",
+                   "strategy=full", "scaling=cpu2", "scaling.sharding=fsdp", "tracking=off", "train.max_steps=3",
+                   "train.log_every=3"])
+    prepare_dataset(job.data)
+    result = run_finetune(job)
+    assert result.metrics["world_size"] == 2 and result.metrics["sharded"] is True
+    assert math.isfinite(result.metrics["loss"])
+    trained = load_checkpoint(result.checkpoint_path)
+    base = load_model(job.model)
+    names = [n for n, _ in base.model.named_parameters() if ".layers.0." in n and "language_model" in n]
+    changed = [n for n in names if not torch.equal(dict(base.model.named_parameters())[n],
+                                                   dict(trained.model.named_parameters())[n])]
+    assert changed, "the gathered checkpoint holds the base weights: the shards were not saved"
+    logits = trained.model(**llava_batch(trained)).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_fsdp_is_refused_for_adapter_strategies(tmp_path):
+    from rsvlm.config import ConfigError, compose
+
+    with pytest.raises(ConfigError, match="scaling.sharding"):
+        compose([f"workdir={tmp_path}", "strategy=lora", "scaling.sharding=fsdp"])

@@ -29,6 +29,14 @@ class Routing(Enum):
     task = "task"
 
 
+class Sharding(Enum):
+    """How several workers hold the model: whole replicas (DDP) or sharded parameters, grads and optimizer
+    state (FSDP2, ``torch.distributed.fsdp.fully_shard``; full fine-tuning only)."""
+
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
 class RankSplit(Enum):
     """What ``strategy.rank`` means for MoE-LoRA: the total rank shared by the experts (MOELoRA), or each one's."""
 
@@ -284,6 +292,8 @@ class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # ddp, or fsdp for strategy=full (each decoder / encoder layer one shard unit); ignored with one worker.
+    sharding: Sharding = Sharding.ddp
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 0, "scaling.num_workers", "must be >= 0")
@@ -355,6 +365,11 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.scaling.sharding is Sharding.ddp or self.strategy.name is StrategyName.full,
+                 "scaling.sharding", f"fsdp shards full fine-tuning only, not strategy '{self.strategy.name.value}'",
+                 ["ddp"])
 
     @property
     def registered_model_name(self) -> str:

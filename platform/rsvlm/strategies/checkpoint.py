@@ -32,12 +32,20 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(directory: Path, model: nn.Module, processor, job: JobConfig,
-                    trainer_state: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``model`` (as trained by ``job.strategy``) and everything needed to load it into ``directory``."""
+                    trainer_state: Optional[Mapping[str, Any]] = None,
+                    state_dict: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``model`` (as trained by ``job.strategy``) and everything needed to load it into ``directory``.
+
+    ``state_dict`` is the gathered full weights of a sharded (FSDP) model; None saves ``model``'s own.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     plain = to_dict(job)
-    build_strategy(job.strategy).save(model, directory)
+    strategy = build_strategy(job.strategy)
+    if state_dict is None:
+        strategy.save(model, directory)
+    else:
+        strategy.save(model, directory, state_dict=state_dict)
     processor.save_pretrained(directory / PROCESSOR_DIR)
     (directory / STRATEGY_FILE).write_text(json.dumps(
         {"format": FORMAT_VERSION, "name": job.strategy.name.value, "config": plain["strategy"],

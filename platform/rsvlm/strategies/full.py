@@ -23,8 +23,9 @@ class FullStrategy:
     def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
         return None
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory, safe_serialization=True)
+    def save(self, model: nn.Module, directory: Path, state_dict: Optional[dict] = None) -> None:
+        """A whole transformers model; ``state_dict`` carries the gathered weights of an FSDP-sharded one."""
+        model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         # The folder is a whole model: load it with the base model's class, weights from the checkpoint.

@@ -21,7 +21,7 @@ from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from rsvlm.config.schema import JobConfig
+from rsvlm.config.schema import JobConfig, Sharding
 
 
 def ensure_ray(address: Optional[str] = None) -> None:
@@ -77,11 +77,45 @@ def worker_context(torch_threads: int = 0) -> WorkerContext:
     return WorkerContext(context.get_world_rank(), context.get_world_size(), device)
 
 
-def prepare_model(model: nn.Module) -> nn.Module:
-    """Move to this worker's device and wrap in DDP when there is more than one worker."""
-    if ray.train.get_context().get_world_size() > 1:
+def prepare_model(model: nn.Module, sharding: Sharding = Sharding.ddp) -> nn.Module:
+    """Move to this worker's device; with several workers wrap in DDP, or shard it with FSDP2.
+
+    FSDP2 (``fully_shard``) makes every repeated block (each LLM decoder layer and vision encoder layer)
+    one unit, then the rest: a unit's parameters are gathered just for its forward and backward, and
+    gradients and AdamW states stay sharded. It runs over gloo on CPU workers (what the tests use) and
+    over NCCL on GPUs, where it is meant to be used: on CPU it only saves memory, not time.
+    """
+    if ray.train.get_context().get_world_size() == 1:
+        return model.to(worker_device())
+    if sharding is Sharding.ddp:
         return ray.train.torch.prepare_model(model)
-    return model.to(worker_device())
+    from torch.distributed.fsdp import fully_shard
+
+    model.to(worker_device())
+    for block in _repeated_blocks(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def _repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The elements of every ``nn.ModuleList`` that holds parameters (transformer layers), found structurally."""
+    return [block for module in model.modules() if isinstance(module, nn.ModuleList)
+            for block in module if any(True for _ in block.parameters())]
+
+
+def full_state_dict(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
+    """The unsharded weights of an FSDP2 model, on CPU (every rank must call; rank 0 gets them), else None.
+
+    None means the model is not sharded and saves itself as usual.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def worker_device() -> torch.device:

@@ -55,7 +55,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progress.message(line)
     logger.log_params({f"model.params.{part}.{kind}": n for part, c in counts.items() for kind, n in c.items()}
                       | {"memory.estimate_gib": round(memory.total_gib, 2)})
-    model = distributed.prepare_model(model)
+    model = distributed.prepare_model(model, job.scaling.sharding)
 
     optimizer = build_optimizer(model, job.optim)
     warmup = int(job.optim.warmup_ratio * job.train.max_steps)
@@ -88,12 +88,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.update(step, {"loss": metrics["train/loss"], "samples/s": metrics["train/samples_per_s"]})
             window, window_samples, window_started = [], 0, time.perf_counter()
 
-    final = {"step": job.train.max_steps, "loss": metrics["train/loss"], "fully_masked_samples": masked,
+    state_dict = distributed.full_state_dict(model)  # a collective under FSDP: every rank takes part
+    final = {"step": job.train.max_steps, "sharded": state_dict is not None, "loss": metrics["train/loss"], "fully_masked_samples": masked,
              "samples_seen": seen, "world_size": context.world_size}
     with distributed.checkpoint_dir(job, config["run_name"], f"checkpoint_final_step{job.train.max_steps}") as directory:
         checkpoint = None
         if context.is_rank_zero:
-            save_checkpoint(directory, distributed.unwrap(model), loaded.processor, job, final)
+            save_checkpoint(directory, distributed.unwrap(model), loaded.processor, job, final, state_dict)
             checkpoint = directory
         distributed.report(final, checkpoint)
 

@@ -24,6 +24,8 @@ def train_step(
     total = loss + extra if extra is not None else loss
     total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; its full value is the global norm
+        grad_norm = grad_norm.full_tensor()
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
