@@ -29,3 +29,14 @@ def test_strategies_bench_prints_its_ratios():
     assert figures["lora_trainable_params"] < figures["full_trainable_params"]
     for key in ("moe_lora_over_lora", "full_over_lora", "moe_lora_over_loop_reference"):
         assert figures[key] > 0, key
+
+
+def test_gpu_train_bench_runs_at_toy_size_on_cpu():
+    result = subprocess.run([sys.executable, "bench/gpu_train.py", "--preset", "toy", "--steps", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in ("full", "lora", "moe_lora"):
+        assert figures[name]["tokens_per_s"] > 0, figures[name]
+        assert figures[name]["checkpointing_active"] is True
+    assert figures["lora"]["trainable_params_m"] < figures["full"]["trainable_params_m"]

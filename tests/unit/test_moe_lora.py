@@ -191,6 +191,36 @@ def test_layers_store_their_aux_loss_and_the_model_sums_them():
     assert aux_loss(stack) is None  # evaluation stores none
 
 
+def test_aux_loss_gradient_reaches_the_router_through_the_output_without_a_stored_graph():
+    """The layer adds coef × d(balance)/d(router) in the backward pass; what it stores has no graph."""
+    moe = layer(random_b=False)  # B = 0: the output carries no gradient to the router but the aux loss's
+    moe.aux_loss_coef = 0.3
+    x = torch.randn(2, 5, 16)
+    moe.train()(x).sum().backward()
+    assert moe.aux_loss.grad_fn is None and not moe.aux_loss.requires_grad
+    through_output = moe.router.weight.grad.clone()
+    moe.router.weight.grad = None
+    probs, weights = moe.route(x)
+    (0.3 * load_balancing_loss(probs, weights, moe.top_k)).backward()
+    torch.testing.assert_close(through_output, moe.router.weight.grad)
+    assert through_output.abs().sum() > 0
+
+
+def test_checkpointing_a_moe_layer_gives_the_same_gradients():
+    from torch.utils.checkpoint import checkpoint
+
+    grads = []
+    for checkpointed in (False, True):
+        moe = layer(top_k=2)
+        moe.aux_loss_coef = 0.1
+        x = torch.randn(2, 5, 16)
+        out = checkpoint(moe, x, use_reentrant=False) if checkpointed else moe.train()(x)
+        out.pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in (moe.router.weight, moe.lora_A.weight, moe.lora_B.weight)])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(plain, recomputed)
+
+
 # ---- the tiny LLaVA -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,24 @@ def load_balancing_loss(probs: torch.Tensor, weights: torch.Tensor, top_k: Optio
     return experts * (share * mean_prob).sum()
 
 
+class _AddAuxLossGradient(torch.autograd.Function):
+    """Identity on a layer's output that, in the backward pass, also sends ``coef`` as the gradient of the
+    layer's auxiliary loss (Megatron-LM's ``MoEAuxLossAutoScaler``): the loss joins the training objective
+    without the caller holding its graph. Assumes the objective is not rescaled (no gradient accumulation
+    divisor); a scaled objective needs the same scale here."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor, coef: float) -> torch.Tensor:
+        ctx.save_for_backward(aux_loss)
+        ctx.coef = coef
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (aux_loss,) = ctx.saved_tensors
+        return grad_output, torch.full_like(aux_loss, ctx.coef), None
+
+
 class MoeLoraLinear(nn.Module):
     """``base(x) + scaling * B (g ⊗ 1_r ⊙ A dropout(x))``: ``E`` LoRA experts of rank ``r`` mixed by gates ``g``.
 
@@ -67,14 +85,15 @@ class MoeLoraLinear(nn.Module):
     serves when it is not told the task, and what :meth:`merge` folds in for ``task_index=None``.
 
     A is kaiming-uniform and B zero, as in LoRA, so the adapted layer starts equal to the base layer. In
-    training mode each forward stores its load-balancing loss (:func:`load_balancing_loss`) in ``aux_loss``,
+    training mode each forward stores its load-balancing loss (:func:`load_balancing_loss`), detached, in
+    ``aux_loss`` for logging, and adds ``aux_loss_coef`` × its gradient through the output,
     over every position of the input (padding included: the layer does not see the attention mask) for
     token routing, over the rows for task routing.
     """
 
     def __init__(self, base_layer: nn.Linear, num_experts: int, expert_rank: int, alpha: float,
                  dropout: float = 0.0, top_k: Optional[int] = None, routing: Routing = Routing.token,
-                 num_tasks: int = 0):
+                 num_tasks: int = 0, aux_loss_coef: float = 0.0):
         super().__init__()
         if routing is Routing.task and num_tasks < 1:
             raise ValueError("routing=task needs at least one task")
@@ -82,6 +101,7 @@ class MoeLoraLinear(nn.Module):
         self.num_experts = num_experts
         self.expert_rank = expert_rank
         self.scaling = alpha / expert_rank
+        self.aux_loss_coef = aux_loss_coef
         self.top_k = None if top_k is None or top_k >= num_experts else top_k
         self.routing = Routing(routing)
         factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
@@ -145,7 +165,15 @@ class MoeLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         probs, weights = self.route(x)
-        self.aux_loss = load_balancing_loss(probs, weights, self.top_k) if self.training else None
+        self.aux_loss = None
+        if self.training:
+            balance = load_balancing_loss(probs, weights, self.top_k)
+            # Kept detached, for logging only: a stored graph would pin this layer's activations, and under
+            # gradient checkpointing those of every recomputed layer, until the next step (measured: more
+            # memory with checkpointing than without). The gradient rides on the output instead.
+            self.aux_loss = balance.detach()
+            if self.aux_loss_coef and torch.is_grad_enabled():
+                result = _AddAuxLossGradient.apply(result, balance, self.aux_loss_coef)
         if self.routing is Routing.task:  # one gate row per input row: broadcast over the other axes
             rows = () if x.dim() == 1 else (x.shape[0], *([1] * (x.dim() - 2)))
             weights = weights.view(*rows, self.num_experts)

@@ -43,7 +43,7 @@ def inject_moe_lora(model: nn.Module, config: MoeLoraConfig) -> nn.Module:
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, MoeLoraLinear(
             base, config.num_experts, config.expert_rank, config.alpha, config.dropout, config.top_k,
-            config.routing, len(config.tasks)))
+            config.routing, len(config.tasks), config.aux_loss_coef))
     for name in config.modules_to_save:
         model.get_submodule(name).requires_grad_(True)
     for layer in moe_layers(model):
@@ -128,6 +128,9 @@ def task_ids(model: nn.Module, tasks: Sequence[str]) -> torch.Tensor:
 
 def aux_loss(model: nn.Module, coef: Optional[float] = None) -> Optional[torch.Tensor]:
     """``coef`` × the sum of the load-balancing losses the layers stored in their last training forward.
+
+    Detached: the value to add to the logged loss. Its gradient already reached the routers through each
+    layer's output (``MoeLoraLinear``), so adding it to the objective changes no gradient.
 
     ``coef`` None = the adapter config's ``aux_loss_coef``. None when the coefficient is 0 or no layer has a
     loss (no training forward yet).
