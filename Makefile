@@ -32,7 +32,7 @@ test-unit: setup
 
 # Each bench prints one JSON line of figures; docs/PERFORMANCE.md records them with the machine.
 bench: setup
-	for script in bench/*.py; do echo "== $$script"; $(PY) $$script $(ARGS); done
+	for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script $(ARGS); done
 
 # Local stack on 127.0.0.1 (S3 :9000, MLflow :5000, Ray :6379, dashboard :8265; other ports via ARGS, e.g.
 # ARGS="--dashboard-port 8266"). Logic in platform/rsvlm/stack.py; state, pids and logs in $(STACK_DIR).

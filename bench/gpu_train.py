@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+
+from _common import each_in_own_process  # noqa: E402  (bench/ is the script's folder)
 
 STRATEGIES = ("full", "lora", "moe_lora")
 PRESETS = {
@@ -63,15 +64,7 @@ def main() -> None:
     if args.strategy:
         print(json.dumps(measure(args)))
         return
-    results = {}
-    for name in args.strategies.split(","):
-        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--strategy", name],
-                              capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            results[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-        else:
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{name}: {results[name]}", file=sys.stderr)
+    results = each_in_own_process(__file__, "--strategy", args.strategies.split(","))
     print(json.dumps({"preset": args.preset, **results}))
 
 

@@ -23,13 +23,14 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+
+from _common import each_in_own_process  # noqa: E402  (bench/ is the script's folder)
 
 VARIANTS = ("full", "lora", "moe_lora", "moe_lora_loop")
 
@@ -50,14 +51,10 @@ def main() -> None:
     if args.variant:
         print(json.dumps(measure(args)))
         return
-    results = {}
-    for variant in VARIANTS:
-        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{variant}: {results[variant]}", file=sys.stderr)
+    results = each_in_own_process(__file__, "--variant", VARIANTS)
+    failed = {name: r["error"] for name, r in results.items() if "error" in r}
+    if failed:
+        raise SystemExit(f"variants failed: {failed}")
     step = {name: r["median_step_s"] for name, r in results.items()}
     figures = {
         "model": {"hidden": args.hidden, "layers": args.layers, "seq": args.seq, "batch": args.batch,

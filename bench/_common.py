@@ -1,0 +1,27 @@
+"""Helpers shared by the benches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Iterable
+
+
+def each_in_own_process(script: str, flag: str, names: Iterable[str]) -> dict[str, dict]:
+    """Run ``script`` again once per name with ``flag name`` added to this command line; collect the JSON
+    line each run prints last. A fresh process per variant gives each its own peak memory and allocator.
+
+    A failed run (an out-of-memory error, say) is recorded as ``{"error": <its last stderr line>}``.
+    """
+    results = {}
+    for name in names:
+        done = subprocess.run([sys.executable, script, *sys.argv[1:], flag, name], capture_output=True, text=True,
+                              check=False)
+        if done.returncode == 0:
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        else:
+            lines = done.stderr.strip().splitlines()
+            results[name] = {"error": lines[-1] if lines else f"exit code {done.returncode}"}
+        print(f"{name}: {results[name]}", file=sys.stderr)
+    return results
