@@ -47,7 +47,7 @@ def run_s3_server(log_dir: Path, port: int | None = None) -> Iterator[str]:
     """
     port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    with _service("s3", s3_server_command(port), Path(log_dir), port, lambda: _answers(f"{endpoint}/moto-api/")):
+    with _service("s3", s3_server_command(port), Path(log_dir), port, lambda: answers(f"{endpoint}/moto-api/")):
         yield endpoint
 
 
@@ -65,7 +65,7 @@ def run_mlflow_server(backend_db: Path, artifact_root: str | Path, port: int | N
     port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = mlflow_server_command(backend_db, artifact_root, port)
-    with _service("mlflow", cmd, Path(backend_db).parent, port, lambda: _answers(f"{uri}/health"), MLFLOW_SERVER_ENV):
+    with _service("mlflow", cmd, Path(backend_db).parent, port, lambda: answers(f"{uri}/health"), MLFLOW_SERVER_ENV):
         yield uri
 
 
@@ -92,15 +92,13 @@ def mlflow_server_command(backend_db: Path, artifact_root: str | Path, port: int
     return cmd
 
 
-def answers(url: str) -> bool:
-    """Whether ``url`` answers 200 right now."""
-    return _answers(url)
-
-
-def _answers(url: str) -> bool:
+def answers(url: str, accepted: tuple[int, ...] = (200,)) -> bool:
+    """Whether ``url`` answers right now with one of the ``accepted`` HTTP statuses."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
+            return response.status in accepted
+    except urllib.error.HTTPError as error:
+        return error.code in accepted
     except (urllib.error.URLError, OSError):
         return False
 

@@ -311,16 +311,7 @@ def _ensure_ray_token(env: dict[str, str]) -> None:
 def _dashboard_answers(url: str) -> bool:
     """Whether the Ray dashboard answers. With Ray's token authentication on (the default when
     ``~/.ray/auth_token`` exists) it answers 401 without the token; that is an answer too."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
-            return response.status == 200
-    except urllib.error.HTTPError as error:
-        return error.code in (401, 403)
-    except (urllib.error.URLError, OSError):
-        return False
+    return answers(f"{url}/api/version", accepted=(200, 401, 403))
 
 
 def _is_ours(service: DetachedService) -> bool:

@@ -122,9 +122,10 @@ def check_image(storage: Storage, image_root: str, relative: str) -> Optional[st
         # Symlinks exist only locally: follow them and require the target to stay inside the root too.
         if not Path(uri).resolve().is_relative_to(Path(image_root).resolve()):
             return f"image path '{relative}' escapes the image root"
-    if not storage.is_file(uri):
+    try:  # one request: reading tells a missing object apart, no separate existence check needed
+        data = storage.read_bytes(uri)
+    except (FileNotFoundError, IsADirectoryError):
         return f"image not found: {relative}"
-    data = storage.read_bytes(uri)
     if not data:
         return f"image is empty: {relative}"
     problem = image_problem(data)
