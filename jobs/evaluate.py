@@ -19,7 +19,7 @@ from rsvlm.eval.evaluate import Evaluation, evaluate_model
 
 def run(job: JobConfig) -> Evaluation:
     """Evaluate ``job.model_uri`` (default: the registered model's ``tracking.alias``)."""
-    model_uri = job.model_uri or f"models:/{job.registered_model_name}@{job.tracking.alias}"
+    model_uri = job.target_model_uri
     if model_uri.startswith("models:/") and not job.tracking.enabled:
         raise ConfigError("model_uri", "a models:/ URI needs tracking.enabled=true", None)
     evaluation = evaluate_model(job, model_uri)

@@ -30,7 +30,7 @@ def run(job: JobConfig) -> Path:
     """Merge ``job.model_uri`` (default: the registered model's ``tracking.alias``) into ``export.output``."""
     if not job.export.output:
         raise ConfigError("output", "required: the folder to write the merged model to")
-    model_uri = job.model_uri or f"models:/{job.registered_model_name}@{job.tracking.alias}"
+    model_uri = job.target_model_uri
     if model_uri.startswith(("models:/", "runs:/")) and not job.tracking.enabled:
         raise ConfigError("checkpoint", "a models:/ or runs:/ URI needs tracking.enabled=true", None)
     output = Path(job.export.output).expanduser().absolute()

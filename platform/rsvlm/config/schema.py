@@ -374,3 +374,8 @@ class JobConfig:
     @property
     def registered_model_name(self) -> str:
         return self.tracking.registered_model or f"rsvlm-{self.model.name}-{self.strategy.name.value}"
+
+    @property
+    def target_model_uri(self) -> str:
+        """What evaluate / export act on: ``model_uri``, else the registered model at ``tracking.alias``."""
+        return self.model_uri or f"models:/{self.registered_model_name}@{self.tracking.alias}"
