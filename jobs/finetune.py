@@ -17,7 +17,7 @@ from rsvlm.train.finetune import FinetuneResult, run_finetune
 def run(job: JobConfig) -> FinetuneResult:
     """Train on ``job.data.uri`` (run prepare_data first) and print where the result went."""
     result = run_finetune(job)
-    print(f"checkpoint: {result.checkpoint_path}")
+    print(f"checkpoint: {result.checkpoint_uri}")
     if result.version:
         print(f"registered: {result.registered_model} version {result.version} alias @{job.tracking.alias} "
               f"(MLflow run {result.run_id})")

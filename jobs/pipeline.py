@@ -34,7 +34,7 @@ def run(job: JobConfig) -> dict:
     baseline = evaluate_model(job, BASE_MODEL, label="untrained-baseline")
     blind = evaluate_blind_baseline(job)
     model_uri = (f"models:/{trained.registered_model}@{job.tracking.alias}" if trained.version
-                 else str(trained.checkpoint_path))
+                 else trained.checkpoint_uri)
     tuned = evaluate.run(dataclasses.replace(job, model_uri=model_uri))
     promotion = register.run(job) if trained.version else None
     summary = {

@@ -73,6 +73,22 @@ class DType(Enum):
     float16 = "float16"
 
 
+class MixedPrecision(Enum):
+    """Autocast for training. ``auto`` is bf16 on GPUs that support it and none on CPU; the trainable weights
+    and the optimizer stay fp32 either way (fp32 master weights)."""
+
+    auto = "auto"
+    bf16 = "bf16"
+    none = "none"
+
+
+class AttentionImplementation(Enum):
+    """transformers' attention kernels: ``sdpa`` (torch's fused scaled-dot-product) or the plain ``eager``."""
+
+    sdpa = "sdpa"
+    eager = "eager"
+
+
 class ImageAspect(Enum):
     """LLaVA-1.5's ``pad`` expands to a square filled with the processor's mean colour; ``resize`` squashes."""
 
@@ -136,6 +152,9 @@ class DataConfig:
     # and refuse to train when more than this fraction of a dataset would be fully masked.
     max_fully_masked_fraction: float = 0.01
     shuffle: bool = True
+    # Share of the prepared records held out for val/loss, chosen by a hash of each record's id: stable
+    # across runs, resumes and worker counts, and decided before any image is read. 0 = no validation.
+    val_fraction: float = 0.01
     # Images fetched concurrently per preprocessing batch. 1 is fastest when the store answers in about a
     # millisecond (local disk, an endpoint on the same machine); raise it (8–16) for a remote S3 whose GETs
     # wait tens of milliseconds.
@@ -146,6 +165,7 @@ class DataConfig:
         _require(0.0 <= self.max_fully_masked_fraction <= 1.0, "data.max_fully_masked_fraction", "must be in [0, 1]")
         _require(self.records_per_shard > 0, "data.records_per_shard", "must be > 0")
         _require(self.fetch_threads >= 1, "data.fetch_threads", "must be >= 1")
+        _require(0.0 <= self.val_fraction < 0.5, "data.val_fraction", "must be in [0, 0.5)")
 
 
 @dataclass
@@ -183,7 +203,10 @@ class ModelConfig:
     name: str = "tiny"
     name_or_path: str = "tiny"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # The dtype weights are loaded in. Frozen weights stay in it; trainable ones are made fp32 when
+    # train.mixed_precision autocasts (fp32 master weights).
     dtype: DType = DType.float32
+    attn_implementation: AttentionImplementation = AttentionImplementation.sdpa
     image_aspect: ImageAspect = ImageAspect.pad
     # Seed of the tiny model's initial weights; the same seed gives the same untrained model.
     init_seed: int = 0
@@ -266,22 +289,49 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 600
+    """The training loop: how long, how big a step, checkpoints, validation and failure handling."""
+
+    # Optimizer steps. Set it to null and set `epochs` to derive it from the prepared dataset's size.
+    max_steps: Optional[int] = 600
+    epochs: Optional[float] = None
     micro_batch_size: int = 8
+    # Samples per optimizer step over all workers; gradient accumulation makes up the difference from
+    # micro_batch_size × workers. null = micro_batch_size × workers (no accumulation).
+    global_batch_size: Optional[int] = None
     log_every: int = 50
     seed: int = 0
-    # Name of the Ray Train run under storage_uri; None = derived from the MLflow run.
+    # Names the run: its folder under storage_uri and its MLflow run. Running again with the same name resumes
+    # from the run's latest checkpoint and appends to the same MLflow run. null = <registered model>-<time>.
     run_name: Optional[str] = None
+    # Where checkpoints go: a local folder or s3://bucket/prefix (through storage.endpoint_url).
     storage_uri: str = "${workdir}/ray_results"
+    # Save a resumable checkpoint every N optimizer steps (and always at the end). 0 = only at the end.
+    checkpoint_every: int = 200
+    # Checkpoints kept: the best by val/loss when validation is on, else the latest; the latest is always kept.
+    keep_checkpoints: int = 2
+    # Validation micro-batches run at every checkpoint (on data.val_fraction of the records). 0 = none.
+    val_batches: int = 20
+    # How often Ray Train restarts the workers after one dies, each time from the latest checkpoint.
+    max_failures: int = 0
+    mixed_precision: MixedPrecision = MixedPrecision.auto
     # Threads torch may use in each worker; Ray sets OMP_NUM_THREADS=1 otherwise. 0 = the worker's CPUs.
     torch_threads: int = 0
     # Recompute the LLM's activations in the backward pass: less memory, about a third more compute.
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.max_steps > 0, "train.max_steps", "must be > 0")
+        _require((self.max_steps is None) != (self.epochs is None), "train.max_steps",
+                 "set exactly one of train.max_steps and train.epochs (the other null)")
+        _require(self.max_steps is None or self.max_steps > 0, "train.max_steps", "must be > 0")
+        _require(self.epochs is None or self.epochs > 0, "train.epochs", "must be > 0")
         _require(self.micro_batch_size > 0, "train.micro_batch_size", "must be > 0")
+        _require(self.global_batch_size is None or self.global_batch_size > 0, "train.global_batch_size",
+                 "must be > 0 or null")
         _require(self.log_every > 0, "train.log_every", "must be > 0")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _require(self.val_batches >= 0, "train.val_batches", "must be >= 0")
+        _require(self.max_failures >= -1, "train.max_failures", "must be >= 0 (or -1: retry forever)")
         _require(self.torch_threads >= 0, "train.torch_threads", "must be >= 0")
 
 
@@ -294,6 +344,11 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     # ddp, or fsdp for strategy=full (each decoder / encoder layer one shard unit); ignored with one worker.
     sharding: Sharding = Sharding.ddp
+
+    @property
+    def workers(self) -> int:
+        """Processes that train (local mode's driver counts as one)."""
+        return max(1, self.num_workers)
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 0, "scaling.num_workers", "must be >= 0")
@@ -310,6 +365,12 @@ class TrackingConfig:
     # None = rsvlm-<model.name>-<strategy.name>.
     registered_model: Optional[str] = None
     alias: str = "candidate"
+    # Seconds between samples of CPU, memory, disk, network and GPU into system/* metrics (rank 0's machine).
+    # 0 = off.
+    system_metrics_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.system_metrics_interval_s >= 0, "tracking.system_metrics_interval_s", "must be >= 0")
 
 
 @dataclass
@@ -370,6 +431,25 @@ class JobConfig:
         _require(self.scaling.sharding is Sharding.ddp or self.strategy.name is StrategyName.full,
                  "scaling.sharding", f"fsdp shards full fine-tuning only, not strategy '{self.strategy.name.value}'",
                  ["ddp"])
+        _require(self.scaling.num_workers > 0 or not self.train.storage_uri.startswith("s3://"), "train.storage_uri",
+                 "local mode (scaling.num_workers=0) writes checkpoints to a local folder, not s3://")
+        per_step = self.train.micro_batch_size * self.scaling.workers
+        _require(self.train.global_batch_size is None or self.train.global_batch_size % per_step == 0,
+                 "train.global_batch_size",
+                 f"must be a multiple of train.micro_batch_size × workers = {self.train.micro_batch_size} × "
+                 f"{self.scaling.workers} = {per_step}")
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        """Micro-batches each worker accumulates per optimizer step to reach ``train.global_batch_size``."""
+        if self.train.global_batch_size is None:
+            return 1
+        return self.train.global_batch_size // (self.train.micro_batch_size * self.scaling.workers)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over all workers."""
+        return self.train.micro_batch_size * self.scaling.workers * self.gradient_accumulation_steps
 
     @property
     def registered_model_name(self) -> str:

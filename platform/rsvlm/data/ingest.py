@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import zlib
 from typing import Any
 
+import numpy as np
 import ray
 from ray.data import RandomSeedConfig
 
 from rsvlm.data.samples import SampleBuilder
 
+# Hash buckets for the validation split: fine enough for any fraction a user would write down.
+_SPLIT_BUCKETS = 1_000_000
 
-def training_dataset(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, *, shuffle: bool,
-                     seed: int, batch_size: int = 32) -> ray.data.Dataset:
-    """A lazy Ray Dataset of training rows; Ray Train splits it across workers (``streaming_split``).
 
-    Lines are read as text and parsed in the map step: conversations vary in shape, and Arrow's JSON schema
-    inference fails on such columns. Shuffling the lines is cheap, before any image is decoded.
-    """
+def is_held_out(record_id: str, val_fraction: float) -> bool:
+    """Whether a record belongs to the validation split: decided by a hash of its id, not by a random draw,
+    so the split is the same in every run, resume and worker count."""
+    return zlib.crc32(record_id.encode("utf-8")) % _SPLIT_BUCKETS < val_fraction * _SPLIT_BUCKETS
+
+
+def _keep_split(batch: dict[str, np.ndarray], val_fraction: float, validation: bool) -> dict[str, np.ndarray]:
+    held_out = np.array([is_held_out(str(json.loads(line)["id"]), val_fraction) for line in batch["text"]],
+                        dtype=bool)
+    return {"text": batch["text"][held_out if validation else ~held_out]}
+
+
+def _read_records(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, val_fraction: float,
+                  validation: bool) -> ray.data.Dataset:
     # Progress bars turn into a log line per operator every few seconds in job logs; the training loop
     # prints its own progress.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -24,8 +37,37 @@ def training_dataset(prepared_uri: str, manifest: dict[str, Any], builder: Sampl
     filesystem, _ = storage.filesystem(prepared_uri)
     paths = [storage.filesystem(storage.join(prepared_uri, shard))[1] for shard in manifest["shards"]]
     dataset = ray.data.read_text(paths, filesystem=filesystem)
+    if val_fraction > 0:
+        # On the JSON lines, before any image is fetched: held-out records cost nothing to skip.
+        dataset = dataset.map_batches(_keep_split, fn_kwargs={"val_fraction": val_fraction, "validation": validation},
+                                      batch_format="numpy")
+    return dataset
+
+
+def training_dataset(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, *, shuffle: bool,
+                     seed: int, batch_size: int = 32, val_fraction: float = 0.0) -> ray.data.Dataset:
+    """A lazy Ray Dataset of training rows; Ray Train splits it across workers (``streaming_split``).
+
+    Lines are read as text and parsed in the map step: conversations vary in shape, and Arrow's JSON schema
+    inference fails on such columns. Shuffling the lines is cheap, before any image is decoded. Records
+    held out by ``val_fraction`` (see :func:`is_held_out`) are left out.
+    """
+    dataset = _read_records(prepared_uri, manifest, builder, val_fraction, validation=False)
     if shuffle:
         # A new permutation every epoch (every execution of the dataset), the same sequence of permutations
         # for the same seed.
         dataset = dataset.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
     return dataset.map_batches(builder, batch_size=batch_size, batch_format="numpy")
+
+
+def validation_dataset(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, *, val_fraction: float,
+                       batch_size: int = 32) -> ray.data.Dataset:
+    """The held-out records of ``val_fraction`` as samples, in a stable order (no shuffle)."""
+    if val_fraction <= 0:
+        raise ValueError("val_fraction must be > 0 for a validation dataset")
+    dataset = _read_records(prepared_uri, manifest, builder, val_fraction, validation=True)
+    dataset = dataset.map_batches(builder, batch_size=batch_size, batch_format="numpy")
+    # Every worker iterates the whole validation set; in the same order they form the same batches, which
+    # FSDP needs (each forward is a collective, so all workers must run the same number).
+    dataset.context.execution_options.preserve_order = True
+    return dataset

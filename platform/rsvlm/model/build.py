@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rsvlm.config.schema import DType, ModelConfig
+from rsvlm.config.schema import AttentionImplementation, DType, ModelConfig
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 
@@ -32,16 +32,19 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         from rsvlm.model.tiny import build_tiny_llava
 
         model, processor = build_tiny_llava(cfg.tiny, cfg.init_seed)
+        model.set_attn_implementation(cfg.attn_implementation.value)
         return LoadedModel(model.to(TORCH_DTYPES[cfg.dtype]), processor)
-    return load_pretrained(cfg.name_or_path, cfg.dtype)
+    return load_pretrained(cfg.name_or_path, cfg.dtype, cfg.attn_implementation)
 
 
-def load_pretrained(name_or_path: str, dtype: DType = DType.float32) -> LoadedModel:
+def load_pretrained(name_or_path: str, dtype: DType = DType.float32,
+                    attn_implementation: AttentionImplementation = AttentionImplementation.sdpa) -> LoadedModel:
     """A saved LLaVA-family model and processor (``AutoModelForImageTextToText``), from the hub or a folder."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(name_or_path)
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=TORCH_DTYPES[dtype])
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=TORCH_DTYPES[dtype],
+                                                        attn_implementation=attn_implementation.value)
     return LoadedModel(model, processor)
 
 

@@ -30,6 +30,9 @@ class Strategy(Protocol):
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         """``base_model`` with the weights saved in ``directory`` applied."""
 
+    def restore(self, model: nn.Module, directory: Path) -> None:
+        """Load the weights saved in ``directory`` into ``model``, which :meth:`apply` prepared (resuming)."""
+
     def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         """A plain transformers model computing the same function (adapters folded in).
 

@@ -31,6 +31,11 @@ class FullStrategy:
         # The folder is a whole model: load it with the base model's class, weights from the checkpoint.
         return type(base_model).from_pretrained(directory, dtype=base_model.dtype)
 
+    def restore(self, model: nn.Module, directory: Path) -> None:
+        # Through from_pretrained, which reads single-file and sharded weights alike and maps saved key
+        # names back to the module's; it costs a second copy of the model in memory, once per resume.
+        model.load_state_dict(self.load(model, directory).state_dict())
+
     def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         return model
 

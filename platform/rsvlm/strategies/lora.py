@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import load_file
 from torch import nn
 
 from rsvlm.config.schema import StrategyConfig
@@ -46,6 +48,13 @@ class LoraStrategy:
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         return PeftModel.from_pretrained(base_model, directory)
+
+    def restore(self, model: nn.Module, directory: Path) -> None:
+        weights = load_file(str(Path(directory) / SAFETENSORS_WEIGHTS_NAME))
+        result = set_peft_model_state_dict(model, weights)
+        if result.unexpected_keys:
+            raise ValueError(f"{directory / SAFETENSORS_WEIGHTS_NAME} does not fit the model: unexpected "
+                             f"{sorted(result.unexpected_keys)[:5]}")
 
     def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         return model.merge_and_unload()

@@ -6,7 +6,7 @@ fluent (process-global) API.
 
 from __future__ import annotations
 
-from rsvlm.tracking.logger import MlflowRunLogger, NullRunLogger, RunLogger, make_logger
+from rsvlm.tracking.logger import MlflowRunLogger, NullRunLogger, RunLogger, is_transient_tracking_error, make_logger
 from rsvlm.tracking.params import (
     MASK,
     MAX_PARAM_VALUE_LENGTH,
@@ -23,7 +23,7 @@ from rsvlm.tracking.registry import (
     resolve_model_uri,
     set_alias,
 )
-from rsvlm.tracking.runs import create_run, ensure_experiment, finish_run, normalize_artifact_location
+from rsvlm.tracking.runs import create_run, ensure_experiment, finish_run, normalize_artifact_location, reopen_run
 
 __all__ = [
     "MASK",
@@ -39,11 +39,13 @@ __all__ = [
     "flatten_config",
     "get_alias_version",
     "is_secret_key",
+    "is_transient_tracking_error",
     "make_logger",
     "mask_url_credentials",
     "normalize_artifact_location",
     "redact",
     "register_model_version",
+    "reopen_run",
     "resolve_model_uri",
     "set_alias",
 ]

@@ -9,12 +9,12 @@ unconditionally instead of scattering ``if rank == 0`` around.
 fluent API (``mlflow.start_run`` / ``mlflow.log_metric``), whose active-run state is process-global.
 
 Outages: a tracking server that stops answering must not kill a multi-hour training job, so
-``log_metrics`` catches transport/server errors, warns ONCE, and DROPS the metrics (they are not buffered or
-replayed later). It then retries at most every ``retry_interval_s`` seconds (each try can block for the
-HTTP timeout and retries, so trying on every step would stall training); the first call that succeeds
-again ends the outage and logs how many batches were lost. Errors that are the caller's fault (invalid
-metric name, unknown run id) still raise. Params, tags and artifacts are not covered: they are logged at
-the start or end of a job, where failing loudly is the right thing.
+``log_metrics`` and ``log_params`` catch transport/server errors, warn ONCE, and DROP what they were given
+(it is not buffered or replayed later). They then retry at most every ``retry_interval_s`` seconds (each
+try can block for the HTTP timeout and retries, so trying on every step would stall training); the first
+call that succeeds again ends the outage and logs how many batches were lost. System metrics stop at the
+first failure. Errors that are the caller's fault (invalid metric name, unknown run id) still raise. Tags
+and artifacts are not covered: the driver logs them at the start or end of a job and decides there.
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ class RunLogger(Protocol):
 
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
+    def start_system_metrics(self, interval_s: float, resumed: bool) -> None: ...
+
+    def stop_system_metrics(self) -> None: ...
+
 
 class NullRunLogger:
     """A logger that records nothing: for non-zero ranks and for jobs with tracking disabled."""
@@ -85,8 +89,14 @@ class NullRunLogger:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Do nothing."""
 
+    def start_system_metrics(self, interval_s: float, resumed: bool) -> None:
+        """Do nothing."""
 
-def _is_transient(exc: Exception) -> bool:
+    def stop_system_metrics(self) -> None:
+        """Do nothing."""
+
+
+def is_transient_tracking_error(exc: Exception) -> bool:
     """True for errors worth surviving (server down, timeout, 5xx, DB busy); False for caller bugs."""
     if isinstance(exc, MlflowException):
         return exc.error_code not in _CALLER_ERROR_CODES
@@ -110,13 +120,14 @@ class MlflowRunLogger:
         self._outage_since: float | None = None
         self._next_try: float = 0.0
         self._dropped_batches = 0
+        self._system_metrics = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log (possibly nested) params, flattened to dotted keys with secrets masked."""
         flat = flatten_config(params)
         entries = [Param(key, value) for key, value in flat.items()]
-        for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
-            self._client.log_batch(self.run_id, params=chunk, synchronous=True)
+        self._send("params", lambda: [self._client.log_batch(self.run_id, params=chunk, synchronous=True)
+                                      for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH)])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log metrics at ``step`` in one request; NaN/inf are logged too (a diverging loss must show).
@@ -125,40 +136,64 @@ class MlflowRunLogger:
         """
         if not metrics:
             return
+        timestamp = int(time.time() * 1000)
+        entries = [Metric(key, float(value), timestamp, int(step)) for key, value in metrics.items()]
+        # One log_batch per call; more than MLflow's per-request limit is split (rare: >1000 metrics).
+        self._send("metrics", lambda: [self._client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+                                       for chunk in _chunks(entries, _MAX_METRICS_PER_BATCH)])
+
+    def _send(self, what: str, request) -> None:
+        """Run ``request`` unless an outage says to wait; a transient failure starts an outage (one warning)."""
         now = time.monotonic()
         if self._outage_since is not None and now < self._next_try:
             self._dropped_batches += 1
             return
-        timestamp = int(time.time() * 1000)
-        entries = [Metric(key, float(value), timestamp, int(step)) for key, value in metrics.items()]
         try:
-            # One log_batch per call; more than MLflow's per-request limit is split (rare: >1000 metrics).
-            for chunk in _chunks(entries, _MAX_METRICS_PER_BATCH):
-                self._client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            request()
         except Exception as exc:  # noqa: BLE001 - classified just below; caller bugs are re-raised
-            if not _is_transient(exc):
+            if not is_transient_tracking_error(exc):
                 raise
             self._dropped_batches += 1
             self._next_try = time.monotonic() + self._retry_interval_s
             if self._outage_since is None:
                 self._outage_since = now
+                self.stop_system_metrics()
                 log.warning(
-                    "MLflow tracking at %s failed while logging metrics for run %s (%s: %s). Training "
-                    "continues; metrics are DROPPED (not replayed) until the server answers again "
+                    "MLflow tracking at %s failed while logging %s for run %s (%s: %s). Training "
+                    "continues; metrics and params are DROPPED (not replayed) until the server answers again "
                     "(retrying at most every %.0f s).",
                     # The URI and error text may carry user:password@host; logs must not.
-                    mask_url_credentials(self.tracking_uri), self.run_id, type(exc).__name__,
+                    mask_url_credentials(self.tracking_uri), what, self.run_id, type(exc).__name__,
                     mask_url_credentials(str(exc)), self._retry_interval_s,
                 )
             return
         if self._outage_since is not None:
             log.warning(
-                "MLflow tracking at %s answers again after %.0f s; %d metric batch(es) of run %s were dropped.",
+                "MLflow tracking at %s answers again after %.0f s; %d batch(es) of run %s were dropped.",
                 mask_url_credentials(self.tracking_uri), time.monotonic() - self._outage_since,
                 self._dropped_batches, self.run_id,
             )
             self._outage_since = None
             self._dropped_batches = 0
+
+    def start_system_metrics(self, interval_s: float, resumed: bool) -> None:
+        """Sample CPU, memory, disk, network (and GPU with pynvml) into ``system/*`` metrics every ``interval_s``.
+
+        ``resumed`` continues the step count of an earlier attempt of the same run instead of restarting it.
+        """
+        if self._system_metrics is not None or interval_s <= 0 or self._outage_since is not None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._system_metrics = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s,
+                                                    resume_logging=resumed, tracking_uri=self.tracking_uri)
+        self._system_metrics.start()
+
+    def stop_system_metrics(self) -> None:
+        """Stop sampling (the monitor logs what it holds first)."""
+        if self._system_metrics is not None:
+            monitor, self._system_metrics = self._system_metrics, None
+            monitor.finish()
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Upload every file under ``local_dir`` to the run (under ``artifact_path`` when given)."""

@@ -84,6 +84,12 @@ def create_run(
     return run.info.run_id
 
 
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """Mark an earlier run RUNNING again: a resumed training run appends to it instead of starting another."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.update_run(run_id, status="RUNNING")
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run terminated with ``status`` (FINISHED, FAILED or KILLED) and set its end time."""
     if status not in _FINAL_STATUSES:

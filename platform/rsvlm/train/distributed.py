@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
 from rsvlm.config.schema import JobConfig, Sharding
+from rsvlm.data.storage import Storage, local_path
+
+# The metric Ray Train ranks checkpoints by when validation runs (lower is better).
+VALIDATION_METRIC = "val/loss"
 
 
 def ensure_ray(address: Optional[str] = None) -> None:
@@ -34,8 +39,15 @@ def ensure_ray(address: Optional[str] = None) -> None:
 
 def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any], job: JobConfig,
                  datasets: dict[str, ray.data.Dataset], run_name: str) -> TorchTrainer:
-    """A ``TorchTrainer`` for ``job.scaling`` whose checkpoints go under ``job.train.storage_uri/run_name``."""
+    """A ``TorchTrainer`` for ``job.scaling`` whose checkpoints go under ``job.train.storage_uri/run_name``.
+
+    Ray Train restores from the latest checkpoint there when the same ``run_name`` runs again, and restarts
+    the workers from it up to ``train.max_failures`` times when one dies. Only ``train`` is split across
+    workers; ``val`` reaches every worker whole, so each computes the same validation loss.
+    """
     scaling = job.scaling
+    keep_best = "val" in datasets
+    filesystem, storage_path = Storage(job.storage).filesystem(job.train.storage_uri)
     return TorchTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config=loop_config,
@@ -46,10 +58,17 @@ def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any]
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=_absolute(job.train.storage_uri),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=job.train.keep_checkpoints,
+                checkpoint_score_attribute=VALIDATION_METRIC if keep_best else None,
+                checkpoint_score_order="min",
+            ),
+            failure_config=FailureConfig(max_failures=job.train.max_failures),
         ),
         datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
 
 
@@ -109,9 +128,7 @@ def full_state_dict(model: nn.Module) -> Optional[dict[str, torch.Tensor]]:
 
     None means the model is not sharded and saves itself as usual.
     """
-    from torch.distributed.tensor import DTensor
-
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
+    if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -143,7 +160,7 @@ def checkpoint_dir(job: JobConfig, run_name: str, name: str) -> Iterator[Path]:
     reports the folder where it is, so there the checkpoint is written straight under ``storage_uri``.
     """
     if job.scaling.num_workers == 0:
-        directory = Path(_absolute(job.train.storage_uri)) / run_name / name
+        directory = local_path(job.train.storage_uri).expanduser().resolve() / run_name / name
         directory.mkdir(parents=True, exist_ok=True)
         yield directory
         return
@@ -151,10 +168,98 @@ def checkpoint_dir(job: JobConfig, run_name: str, name: str) -> Iterator[Path]:
         yield Path(directory)
 
 
-def report(metrics: dict[str, float], checkpoint: Optional[Path] = None) -> None:
-    """Report metrics (and a checkpoint folder, from rank 0) to Ray Train. Every rank must call it."""
-    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+@contextmanager
+def latest_checkpoint() -> Iterator[Optional[Path]]:
+    """The folder of the checkpoint this run resumes from (a restarted or re-run run), else None.
+
+    Local mode has none: Ray Train resumes only runs that have workers.
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as directory:
+        yield Path(directory)
 
 
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+def report(metrics: dict[str, float], checkpoint: Optional[Path] = None, name: Optional[str] = None) -> None:
+    """Report metrics (and a checkpoint folder, from rank 0, stored as ``name``) to Ray Train.
+
+    Every rank must call it: it is a barrier.
+    """
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None,
+                     checkpoint_dir_name=name if checkpoint else None)
+
+
+# -- collectives that also work with one process (no process group) ------------------------------------------
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_over_workers(values: list[float]) -> list[float]:
+    """Element-wise sums of ``values`` over every worker (each worker passes its own)."""
+    if not _distributed():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every worker, in rank order (picklable objects)."""
+    if not _distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _collective_device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo takes CPU ones.
+    return worker_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def gradient_sync(model: nn.Module, enabled: bool) -> ContextManager:
+    """Within it, backward passes accumulate gradients locally instead of averaging them over workers.
+
+    Gradient accumulation syncs once per optimizer step, on the last micro-batch, not on every one.
+    """
+    if enabled:
+        return nullcontext()
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module
+        return _fsdp_no_sync(model)
+    return nullcontext()
+
+
+@contextmanager
+def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True for a model whose parameters FSDP2 sharded over the workers."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's whole state keyed by parameter name, on CPU (a collective under FSDP; rank 0 gets it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a state saved by :func:`optimizer_state`; under FSDP each worker keeps its shard of it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=is_sharded(model)))

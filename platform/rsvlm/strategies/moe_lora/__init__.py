@@ -22,6 +22,7 @@ from rsvlm.strategies.moe_lora.model import (
     aux_loss,
     inject_moe_lora,
     load_moe_lora,
+    load_moe_lora_weights,
     merge_moe_lora,
     moe_layers,
     moe_lora_config,
@@ -32,7 +33,7 @@ from rsvlm.strategies.moe_lora.model import (
 )
 
 __all__ = ["MoeLoraConfig", "MoeLoraLinear", "MoeLoraStrategy", "aux_loss", "inject_moe_lora",
-           "load_balancing_loss", "load_moe_lora", "merge_moe_lora", "moe_layers", "moe_lora_config",
+           "load_balancing_loss", "load_moe_lora", "load_moe_lora_weights", "merge_moe_lora", "moe_layers", "moe_lora_config",
            "moe_state_dict", "save_moe_lora", "set_task_ids", "task_ids", "top_k_weights"]
 
 
@@ -53,6 +54,9 @@ class MoeLoraStrategy:
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         return load_moe_lora(base_model, directory)
+
+    def restore(self, model: nn.Module, directory: Path) -> None:
+        load_moe_lora_weights(model, directory)
 
     def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         return merge_moe_lora(model, task)

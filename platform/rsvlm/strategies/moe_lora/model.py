@@ -98,17 +98,21 @@ def save_moe_lora(model: nn.Module, directory: Path) -> None:
 
 def load_moe_lora(base_model: nn.Module, directory: Path) -> nn.Module:
     """``base_model`` with the MoE-LoRA adapter saved in ``directory`` injected and loaded."""
-    directory = Path(directory)
-    model = inject_moe_lora(base_model, MoeLoraConfig.load(directory))
+    model = inject_moe_lora(base_model, MoeLoraConfig.load(Path(directory)))
+    load_moe_lora_weights(model, directory)
+    return model
+
+
+def load_moe_lora_weights(model: nn.Module, directory: Path) -> None:
+    """Load the adapter weights saved in ``directory`` into a model that already has MoE-LoRA injected."""
+    path = Path(directory) / WEIGHTS_FILE
     device = next(model.parameters()).device
-    weights = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    weights = load_file(str(path), device=str(device))
     expected = set(moe_state_dict(model))
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
-        raise ValueError(f"{directory / WEIGHTS_FILE} does not fit the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(weights, strict=False)
-    return model
 
 
 def set_task_ids(model: nn.Module, task_ids: Optional[torch.Tensor]) -> None:
