@@ -134,7 +134,7 @@ def measure(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        train_step(model, inputs, optimizer, scheduler, 1.0, strategy.aux_loss)
+        train_step(model, [(inputs, [])], optimizer, scheduler, 1.0, strategy.aux_loss)
         if cuda:
             torch.cuda.synchronize()
         if step >= 2:

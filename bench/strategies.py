@@ -100,7 +100,7 @@ def measure(args: argparse.Namespace) -> dict:
     times = []
     for step in range(args.steps + 2):
         started = time.perf_counter()
-        train_step(model, inputs, optimizer, scheduler, 1.0, strategy.aux_loss)
+        train_step(model, [(inputs, [])], optimizer, scheduler, 1.0, strategy.aux_loss)
         if step >= 2:
             times.append(time.perf_counter() - started)
     return {"median_step_s": statistics.median(times), "steps": len(times),

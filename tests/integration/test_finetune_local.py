@@ -77,3 +77,24 @@ def test_fully_masked_samples_stop_training(tmp_path, local_ray):
     prepare_dataset(job.data)
     with pytest.raises(Exception, match="every label masked"):
         run_finetune(job)
+
+
+def test_unreachable_tracking_server_trains_untracked_and_says_so_once(tmp_path, local_ray, monkeypatch, caplog):
+    """A dead MLflow server does not stop training: one warning, a checkpoint, nothing registered."""
+    import logging
+
+    from rsvlm.config import compose
+    from rsvlm.services import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    job = compose([f"workdir={tmp_path}", *SMALL_DATA, "train.max_steps=4", "train.log_every=2", "tracking=server",
+                   f"tracking.uri=http://user:pw_leak@127.0.0.1:{free_port()}"])
+    prepare_dataset(job.data)
+    with caplog.at_level(logging.WARNING, logger="rsvlm"):
+        result = run_finetune(job)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("rsvlm")]
+    assert len(warnings) == 1, warnings
+    assert "unreachable" in warnings[0] and "untracked" in warnings[0] and "pw_leak" not in warnings[0]
+    assert result.run_id is None and result.version is None
+    assert result.metrics["step"] == 4 and (result.checkpoint_path / "strategy.json").is_file()

@@ -56,7 +56,7 @@ def test_strategy_finetunes_and_its_checkpoint_loads(name, workdir, local_ray):
     job = compose([f"workdir={workdir}", *SMALL, *overrides, f"train.run_name=strategies-{name}",
                    f"tracking={'local' if tracked else 'off'}"])
     result = run_finetune(job)
-    assert math.isfinite(result.metrics["loss"]) and result.metrics["step"] == 5
+    assert math.isfinite(result.metrics["train/loss"]) and result.metrics["step"] == 5
 
     checkpoint = result.checkpoint_path
     spec = json.loads((checkpoint / "strategy.json").read_text())
@@ -101,7 +101,7 @@ def test_full_fine_tuning_shards_with_fsdp_across_two_workers(tmp_path, local_ra
     prepare_dataset(job.data)
     result = run_finetune(job)
     assert result.metrics["world_size"] == 2 and result.metrics["sharded"] is True
-    assert math.isfinite(result.metrics["loss"])
+    assert math.isfinite(result.metrics["train/loss"])
     trained = load_checkpoint(result.checkpoint_path)
     base = load_model(job.model)
     names = [n for n, _ in base.model.named_parameters() if ".layers.0." in n and "language_model" in n]
