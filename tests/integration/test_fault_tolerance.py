@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from rsvlm.data.prepare import prepare_dataset
 from rsvlm.train.finetune import RunFinishedError, run_finetune
-from rsvlm.train.state import TRAINING_STATE_FILE
+from rsvlm.train.state import load_training_state
 
 TOTAL_STEPS, INTERVAL = 60, 10
 RUN = ["data.synthetic.num_train_images=40", "data.synthetic.num_test_images=2", "scaling=cpu2",
@@ -136,11 +136,11 @@ def test_resume_stopped_run_continues_under_the_same_name(tmp_path, prepared, lo
     record = json.loads((run_dir / "rsvlm_run.json").read_text())
     assert record == {"mlflow_run_id": first_run_id, "starts": 2, "finished": True}
 
-    state = torch.load(Path(result.checkpoint_uri) / TRAINING_STATE_FILE, weights_only=True)
-    assert state["step"] == TOTAL_STEPS and len(state["rng"]) == 2
-    assert state["data"]["samples_seen"] == result.metrics["samples_seen"] > TOTAL_STEPS * 8
-    trainable = [name for name, value in state["optimizer"]["state"].items() if "exp_avg" in value]
-    assert trainable and all(float(state["optimizer"]["state"][n]["step"]) == TOTAL_STEPS for n in trainable)
+    state = load_training_state(Path(result.checkpoint_uri))
+    assert state.step == TOTAL_STEPS and len(state.rng) == 2
+    assert state.data.samples_seen == result.metrics["samples_seen"] > TOTAL_STEPS * 8
+    moments = state.optimizer["state"]
+    assert moments and all(float(value["step"]) == TOTAL_STEPS and "exp_avg" in value for value in moments.values())
 
     with pytest.raises(RunFinishedError, match="already finished"):
         run_finetune(job)

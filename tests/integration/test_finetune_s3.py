@@ -32,7 +32,7 @@ def test_two_workers_train_from_a_dataset_prepared_on_s3(s3_endpoint, s3_prefix,
     assert result.metrics["world_size"] == 2
     assert result.checkpoint_uri == f"{s3_prefix}/runs/on-s3/checkpoint_step0000006"
     stored = storage.list_files(f"{s3_prefix}/runs/on-s3")
-    assert {"checkpoint_step0000006/strategy.json", "checkpoint_step0000006/training_state.pt",
+    assert {"checkpoint_step0000006/strategy.json", "checkpoint_step0000006/training_state.safetensors",
             "checkpoint_step0000006/adapter_model.safetensors", "rsvlm_run.json"} <= set(stored)
     # keep_checkpoints=1: the step-3 checkpoint was deleted once step 6 was saved.
     assert not any(path.startswith("checkpoint_step0000003/") for path in stored)

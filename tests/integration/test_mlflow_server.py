@@ -93,7 +93,7 @@ def test_metrics_are_dropped_while_server_is_down_and_resume_after(
         with mlflow_server_launcher(db, tmp_path / "artifacts", port=port):
             logger.log_metrics({"train/loss": 1.0}, step=2)  # back: logged
         recovery = [r for r in caplog.records if r.name.startswith("rsvlm.tracking")][1:]
-        assert len(recovery) == 1 and "2 metric batch(es)" in recovery[0].getMessage()
+        assert len(recovery) == 1 and "2 batch(es)" in recovery[0].getMessage()
 
     history = MlflowClient(tracking.uri).get_metric_history(run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(2, 1.0)]  # dropped, not replayed

@@ -144,7 +144,7 @@ def test_a_tiny_llava_trains_under_bf16_autocast(tmp_path):
     metrics = train_step(model, [(batch, ["vqa"])], optimizer, scheduler, 1.0, autocast_dtype=torch.bfloat16)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0
     assert all(p.dtype is torch.float32 for p in model.parameters() if p.requires_grad)
-    loss_sum, tokens = validation_loss(model, [batch])
+    loss_sum, tokens = validation_loss(model, [(batch, ["vqa"])])
     assert tokens == int((batch["labels"][:, 1:] != -100).sum()) and loss_sum / tokens > 0
     assert model.training  # validation puts the model back into training mode
 
@@ -153,6 +153,7 @@ def test_a_tiny_llava_trains_under_bf16_autocast(tmp_path):
 
 
 def test_training_state_round_trips_without_pickle(tmp_path):
+    """safetensors + JSON: int-keyed optimizer state, tuples (Python's RNG) and tensors all come back."""
     model = nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.randn(5, 3)).sum().backward()
@@ -173,6 +174,8 @@ def test_training_state_round_trips_without_pickle(tmp_path):
     fresh = torch.optim.AdamW(model.parameters())
     fresh.load_state_dict(loaded.optimizer)
     torch.testing.assert_close(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert loaded.optimizer["param_groups"] == optimizer.state_dict()["param_groups"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.json", "training_state.safetensors"]
     assert load_training_state(tmp_path / "elsewhere") is None
 
 

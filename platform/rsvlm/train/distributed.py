@@ -7,6 +7,7 @@ Train's local mode), which is what unit tests use.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from contextlib import contextmanager, nullcontext
@@ -92,6 +93,10 @@ def worker_context(torch_threads: int = 0) -> WorkerContext:
     context = ray.train.get_context()
     if torch_threads:
         torch.set_num_threads(torch_threads)
+    # Ray Train logs every report with all its metrics, and Ray Data every execution plan, at INFO: in a
+    # day-long run's `ray job logs` they bury the progress lines, which say the same things once.
+    for name in ("ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     return WorkerContext(context.get_world_rank(), context.get_world_size(), device)
 

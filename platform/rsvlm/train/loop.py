@@ -154,7 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   "sharded": state_dict is not None, "resumed_from_step": start_step,
                   "fully_masked_samples": masked, **metrics, **extra}
         if validation_batches is not None:
-            loss_sum, tokens = validation_loss(distributed.unwrap(model), validation_batches, precision)
+            loss_sum, tokens = validation_loss(distributed.unwrap(model), validation_batches, precision,
+                                               strategy.set_batch_tasks)
             if tokens:
                 report["val/loss"] = loss_sum / tokens
                 logger.log_metrics({"val/loss": report["val/loss"]}, step)
@@ -260,7 +261,7 @@ class _ValidationBatches:
         self.job, self.image_processor, self.device = job, image_processor, device
         self.rows: Optional[list[dict]] = None
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], list[str]]]:
         if self.rows is None:
             self.rows = []
             shard = distributed.dataset_shard("val")
@@ -272,4 +273,4 @@ class _ValidationBatches:
         for batch in self.rows:
             inputs, _ = collate(batch, self.image_processor, self.device)
             if inputs is not None:
-                yield inputs
+                yield inputs, list(batch["task"][~batch["fully_masked"]])

@@ -1,6 +1,7 @@
 """What a checkpoint holds besides the model, so that a run resumes where it stopped.
 
-``training_state.pt`` (loaded with ``weights_only=True``: tensors and plain Python values, no code):
+Like the weights, it is never a pickle: its tensors go to ``training_state.safetensors`` and the rest to
+``training_state.json``, which names each tensor where it belongs. It holds:
 
 * ``step``: optimizer steps done;
 * ``optimizer``: AdamW's moments keyed by parameter name (whole, also under FSDP);
@@ -11,14 +12,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import load_file, save_file
 
-TRAINING_STATE_FILE = "training_state.pt"
+TRAINING_STATE_FILE = "training_state.json"
+TRAINING_TENSORS_FILE = "training_state.safetensors"
 
 
 @dataclass
@@ -66,19 +70,53 @@ def seed_worker(seed: int, rank: int) -> None:
 
 
 def save_training_state(directory: Path, state: TrainingState) -> Path:
-    path = Path(directory) / TRAINING_STATE_FILE
-    # Not dataclasses.asdict: it deep-copies every tensor of the optimizer state.
+    """Write ``state`` into ``directory``; returns the JSON file's path."""
+    tensors: dict[str, torch.Tensor] = {}
     payload = {"step": state.step, "optimizer": state.optimizer, "scheduler": state.scheduler, "rng": state.rng,
                "data": asdict(state.data)}
-    torch.save(payload, path)
+    encoded = _encode(payload, "", tensors)
+    save_file(tensors, str(Path(directory) / TRAINING_TENSORS_FILE))
+    path = Path(directory) / TRAINING_STATE_FILE
+    path.write_text(json.dumps(encoded) + "\n")
     return path
 
 
 def load_training_state(directory: Path) -> Optional[TrainingState]:
-    """The state saved in ``directory``, or None for a checkpoint without one (a final-only export)."""
+    """The state saved in ``directory``, or None for a checkpoint without one."""
     path = Path(directory) / TRAINING_STATE_FILE
     if not path.is_file():
         return None
-    payload = torch.load(path, weights_only=True, map_location="cpu")
+    tensors = load_file(str(Path(directory) / TRAINING_TENSORS_FILE))
+    payload = _decode(json.loads(path.read_text()), tensors)
     return TrainingState(step=payload["step"], optimizer=payload["optimizer"], scheduler=payload["scheduler"],
                          rng=payload["rng"], data=DataPosition(**payload["data"]))
+
+
+# JSON keeps neither tensors, tuples nor non-string keys; these markers carry them (optimizer states are
+# keyed by parameter index or name, Python's RNG state is a tuple).
+_TENSOR, _TUPLE, _DICT = "__tensor__", "__tuple__", "__dict__"
+
+
+def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().cpu().contiguous()
+        return {_TENSOR: path}
+    if isinstance(value, dict):
+        return {_DICT: [[key, _encode(item, f"{path}/{key}", tensors)] for key, item in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(item, f"{path}/{i}", tensors) for i, item in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(item, f"{path}/{i}", tensors) for i, item in enumerate(value)]
+    return value
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(item, tensors) for item in value]
+    if isinstance(value, dict):
+        if _TENSOR in value:
+            return tensors[value[_TENSOR]]
+        if _TUPLE in value:
+            return tuple(_decode(item, tensors) for item in value[_TUPLE])
+        return {key: _decode(item, tensors) for key, item in value[_DICT]}
+    return value

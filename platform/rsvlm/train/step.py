@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import Callable, ContextManager, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -69,12 +69,14 @@ def train_step(
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]] | object,
-                    autocast_dtype: Optional[torch.dtype] = None) -> tuple[float, int]:
+def validation_loss(model: nn.Module, batches: Iterable[MicroBatch], autocast_dtype: Optional[torch.dtype] = None,
+                    set_batch_tasks: Optional[Callable[[nn.Module, Sequence[str]], None]] = None) -> tuple[float, int]:
     """``(sum of per-token losses, supervised tokens)`` over ``batches``, so workers' results add up exactly."""
     model.eval()
     loss_sum, token_count = 0.0, 0
-    for inputs in batches:
+    for inputs, tasks in batches:
+        if set_batch_tasks is not None:
+            set_batch_tasks(model, tasks)
         # The model's loss is the mean over tokens whose next-token label is supervised.
         supervised = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
         if supervised == 0:
