@@ -81,6 +81,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = (make_logger(tracking.uri, config.get("mlflow_run_id"), context.is_rank_zero)
               if tracking.enabled and config.get("mlflow_run_id") else NullRunLogger())
 
+    # The same seed on every rank: adapters start identical (and reproducible); each rank gets its own
+    # stream for dropout below.
+    torch.manual_seed(job.train.seed)
     loaded = load_model(job.model)
     strategy = build_strategy(job.strategy)
     model = strategy.apply(loaded.model)
