@@ -374,6 +374,43 @@ class TrackingConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The judge LLM that scores open-ended answers 1–10 (LLaVA-Bench style, ``rsvlm.eval.judge``): any
+    OpenAI-compatible chat-completions server. Its API key is read from the environment variable named by
+    ``api_key_env`` when a request is sent, so it never appears in configs, logs, caches or MLflow."""
+
+    # Base URL of the OpenAI-compatible API (e.g. http://host:8000/v1 or https://api.openai.com/v1); None = no judge.
+    url: Optional[str] = None
+    model: str = "gpt-4o-mini"
+    # The NAME of the environment variable holding the key (unset = no Authorization header is sent).
+    api_key_env: str = "RSVLM_JUDGE_API_KEY"
+    timeout_s: float = 60.0
+    # Retries after a connection error, a timeout, 429 or 5xx, with exponential backoff (Retry-After honoured).
+    max_retries: int = 4
+    # Replies already paid for, by sha256(model, prompt, temperature); None = no cache.
+    cache_dir: Optional[str] = "${workdir}/judge_cache"
+    temperature: float = 0.0
+    max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            # The URL is not echoed: it might carry credentials.
+            _require(self.url.startswith(("http://", "https://")), "benchmark.judge.url",
+                     "must be an http:// or https:// base URL such as http://host:8000/v1")
+            _require("@" not in self.url.split("://", 1)[1].split("/", 1)[0], "benchmark.judge.url",
+                     "must not carry credentials; put the key in the environment variable named by "
+                     "benchmark.judge.api_key_env")
+        _require(bool(self.model), "benchmark.judge.model", "must name the judge model")
+        # Not echoed either: a key pasted here by mistake must not reach the error message.
+        _require(self.api_key_env.isascii() and self.api_key_env.isidentifier(), "benchmark.judge.api_key_env",
+                 "must be the NAME of an environment variable (letters, digits, _), not the key itself")
+        _require(self.timeout_s > 0, "benchmark.judge.timeout_s", "must be > 0")
+        _require(self.max_retries >= 0, "benchmark.judge.max_retries", "must be >= 0")
+        _require(0.0 <= self.temperature <= 2.0, "benchmark.judge.temperature", "must be in [0, 2]")
+        _require(self.max_tokens > 0, "benchmark.judge.max_tokens", "must be > 0")
+
+
+@dataclass
 class BenchmarkConfig:
     """A benchmark: a questions file in the public format and the images it refers to."""
 
@@ -388,6 +425,8 @@ class BenchmarkConfig:
     # Evaluate only the first N questions; None = all.
     limit: Optional[int] = None
     iou_threshold: float = 0.5
+    # The judge LLM for open-ended categories (complex reasoning, detailed description).
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "benchmark.batch_size", "must be > 0")
