@@ -33,6 +33,23 @@ def normalize_answer(text: str) -> str:
     nothing changes, so ``'"Yes."'`` and ``'"yes".'`` both become ``yes``); collapse internal whitespace to
     single spaces; replace the whole words ``zero`` … ``twenty`` by digits (``"two ships"`` → ``"2 ships"``).
     Decimal points inside numbers (``"2.5"``) and all other punctuation are kept: they can carry meaning.
+
+    How this relates to the published comparisons (it is *more lenient* than both, never stricter):
+
+    - FIT-RSFG VQA (SkySenseGPT's scripts) is scored by lower-case exact match, ``answer.lower() ==
+      ground_truth.lower()``, with nothing else removed. :func:`vqa_accuracy` applies this function to both
+      sides, and it starts by lower-casing, so every pair the published rule counts as right is right here
+      too; in addition ``" yes"``, ``"Yes."``, ``'"yes"'`` and ``"two"`` vs ``"2"`` count as right here and wrong
+      there. Scores are therefore >= the published rule's, and equal when a model answers with bare words
+      or digits.
+    - RSVQA (LR/HR) defines no normalisation: its answers are fixed strings (FIT-RS reports HRBEN's presence
+      and comparison questions, answered ``yes`` / ``no``) and an answer is right when it is that string.
+      FIT-RS's HRBEN scoring is taken to be the same lower-case exact match (its ``Eval/eval_vqa_HRBEN.py``
+      was not available to check). On yes/no questions only the whitespace / quote / trailing-period
+      stripping above can change a result; the number words never apply.
+    - To reproduce a published number exactly, use the published rule instead (FIT-RSFG:
+      ``fitrsfg_vqa_accuracy(rows, mode="reference")``; ``vqa_accuracy`` itself has no ``reference`` mode)
+      and say which rule produced a number.
     """
     text = text.lower()
     previous = None
