@@ -4,6 +4,7 @@ Local:
     python jobs/evaluate.py model_uri=models:/rsvlm-tiny-lora@candidate benchmark=synthetic
     python jobs/evaluate.py model_uri=runs/ray_results/<run>/checkpoint_…   # a checkpoint folder
     python jobs/evaluate.py model_uri=base                                  # the untrained model
+    python jobs/evaluate.py benchmark=fitrsrc predictions=answers.jsonl     # score a published answer file
 On a Ray cluster:
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/evaluate.py model_uri=models:/rsvlm-tiny-lora@candidate tracking=server
@@ -14,21 +15,26 @@ from __future__ import annotations
 import json
 
 from rsvlm.config import ConfigError, JobConfig, hydra_main
-from rsvlm.eval.evaluate import Evaluation, evaluate_model
+from rsvlm.eval.evaluate import Evaluation, evaluate_model, evaluate_predictions
 
 
 def run(job: JobConfig) -> Evaluation:
-    """Evaluate ``job.model_uri`` (default: the registered model's ``tracking.alias``)."""
-    model_uri = job.target_model_uri
-    if model_uri.startswith("models:/") and not job.tracking.enabled:
-        raise ConfigError("model_uri", "a models:/ URI needs tracking.enabled=true", None)
-    evaluation = evaluate_model(job, model_uri)
-    print(json.dumps({"model": model_uri, "benchmark": job.benchmark.name, **evaluation.metrics}, indent=2))
+    """Evaluate ``job.model_uri`` (default: the registered model's ``tracking.alias``), or score the answer
+    file ``benchmark.predictions`` when one is given."""
+    if job.benchmark.predictions:
+        evaluation = evaluate_predictions(job)
+        source = job.benchmark.predictions
+    else:
+        source = job.target_model_uri
+        if source.startswith("models:/") and not job.tracking.enabled:
+            raise ConfigError("model_uri", "a models:/ URI needs tracking.enabled=true", None)
+        evaluation = evaluate_model(job, source)
+    print(json.dumps({"model": source, "benchmark": job.benchmark.name, **evaluation.metrics}, indent=2))
     print(f"predictions: {evaluation.predictions_path}")
     return evaluation
 
 
-main = hydra_main(run)
+main = hydra_main(run, shorthands={"predictions": "benchmark.predictions"})
 
 if __name__ == "__main__":
     main()

@@ -89,6 +89,33 @@ class AttentionImplementation(Enum):
     eager = "eager"
 
 
+class BoxConvention(Enum):
+    """How boxes are written in answer text (``rsvlm.data.boxes`` documents each layout)."""
+
+    geochat = "geochat"
+    fitrs = "fitrs"
+    thousand = "thousand"
+
+
+class BenchmarkKind(Enum):
+    """How a benchmark's answers are scored (``rsvlm.eval.benchmark.score_predictions``)."""
+
+    mixed = "mixed"  # by each row's category: VQA types, grounding, relation choices (the synthetic split)
+    vqa = "vqa"  # exact match per question type, OA and AA (RSVQA-LR/HR, FIT-RSFG VQA)
+    captions = "captions"  # BLEU-1..4, METEOR, ROUGE-L, CIDEr (UCM, RSICD, Sydney, NWPU captions)
+    grounding = "grounding"  # accuracy at IoU (DIOR-RSVG, GeoChat referring)
+    circular = "circular"  # CircularEval over rotated options (FIT-RSRC)
+    scene_classification = "scene_classification"  # single- and multi-label (FIT-RSFG)
+    complex_comprehension = "complex_comprehension"  # FIT-RSFG task1–task6
+
+
+class MetricMode(Enum):
+    """``reference`` reproduces the published evaluation code, known faults included; ``strict`` fixes them."""
+
+    reference = "reference"
+    strict = "strict"
+
+
 class ImageAspect(Enum):
     """LLaVA-1.5's ``pad`` expands to a square filled with the processor's mean colour; ``resize`` squashes."""
 
@@ -425,10 +452,21 @@ class BenchmarkConfig:
     # Evaluate only the first N questions; None = all.
     limit: Optional[int] = None
     iou_threshold: float = 0.5
+    kind: BenchmarkKind = BenchmarkKind.mixed
+    # How grounding answers and ground truths write boxes.
+    box_convention: BoxConvention = BoxConvention.geochat
+    mode: MetricMode = MetricMode.reference
+    # Score this existing answer file (public format: question_id, answer, category, ground_truth) instead
+    # of generating answers with a model.
+    predictions: Optional[str] = None
+    # Ray Data actors that generate answers (each loads the model; one GPU each when the cluster has GPUs).
+    # 0 = generate in this process.
+    workers: int = 1
     # The judge LLM for open-ended categories (complex reasoning, detailed description).
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self) -> None:
+        _require(self.workers >= 0, "benchmark.workers", "must be >= 0")
         _require(self.batch_size > 0, "benchmark.batch_size", "must be > 0")
         _require(self.max_new_tokens > 0, "benchmark.max_new_tokens", "must be > 0")
         _require(self.limit is None or self.limit > 0, "benchmark.limit", "must be > 0 or null")

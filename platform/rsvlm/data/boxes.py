@@ -27,16 +27,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from enum import Enum
 from typing import Sequence
 
-
-class BoxConvention(Enum):
-    """How boxes are written in answer text; see the module docstring for each layout."""
-
-    geochat = "geochat"
-    fitrs = "fitrs"
-    thousand = "thousand"
+from rsvlm.config.schema import BoxConvention  # noqa: F401 - defined with the config that names it
 
 
 @dataclass(frozen=True)

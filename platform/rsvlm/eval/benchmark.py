@@ -11,8 +11,18 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from rsvlm.config.schema import BenchmarkConfig, BenchmarkKind, MetricMode
 from rsvlm.data.boxes import BoxConvention, parse_boxes
-from rsvlm.eval.metrics import choice_accuracy, circular_accuracy, grounding_accuracy, vqa_accuracy
+from rsvlm.eval.metrics import (
+    caption_scores,
+    choice_accuracy,
+    circular_accuracy,
+    complex_comprehension_metrics,
+    fitrsfg_vqa_accuracy,
+    grounding_accuracy,
+    scene_classification_metrics,
+    vqa_accuracy,
+)
 
 VQA_TYPES = ("presence", "count", "comparison")
 GROUNDING_TYPES = ("grounding",)
@@ -39,6 +49,27 @@ def read_questions(text: str, file_name: str, limit: Optional[int] = None) -> li
     return rows
 
 
+def read_answers(text: str, file_name: str) -> list[dict[str, Any]]:
+    """Rows of an answer file in the public format (``question_id, answer, category, ground_truth``, and
+    ``question``/``text`` where the metric reads it)."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{file_name}:{number}: invalid JSON: {exc.msg}") from exc
+        missing = [key for key in ("question_id", "answer", "category", "ground_truth") if key not in row]
+        if missing:
+            raise ValueError(f"{file_name}:{number}: answer row lacks {missing}")
+        row.setdefault("question", row.get("text"))
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{file_name}: no answers to score")
+    return rows
+
+
 def prediction_rows(questions: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[dict[str, Any]]:
     """Public answer-file rows for ``questions`` answered by ``answers``."""
     return [{"question_id": q["question_id"], "image_id": q.get("image"), "question": q["text"],
@@ -46,7 +77,60 @@ def prediction_rows(questions: Sequence[Mapping[str, Any]], answers: Sequence[st
             for q, answer in zip(questions, answers, strict=True)]
 
 
-def score_predictions(rows: Sequence[Mapping[str, Any]], iou_threshold: float = 0.5) -> dict[str, float]:
+def score_predictions(rows: Sequence[Mapping[str, Any]], bench: BenchmarkConfig) -> dict[str, float]:
+    """Flat metrics (``name → number``, nested results joined with ``/``) for ``bench.kind``.
+
+    - ``mixed``: by each row's category, see :func:`score_mixed`.
+    - ``vqa``: ``OA``, ``AA`` and ``<type>_accuracy`` (``mode=reference``: FIT-RSFG's lower-case exact match;
+      ``strict``: :func:`rsvlm.eval.metrics.normalize_answer` on both sides).
+    - ``captions``: COCO caption scores; ``ground_truth`` is one reference or a list of them.
+    - ``grounding``: accuracy at ``iou_threshold`` (≥) with boxes in ``box_convention``.
+    - ``circular``: FIT-RSRC CircularEval, ``overall`` and per category (``strict`` does not read the article
+      "A" as an option).
+    - ``scene_classification``, ``complex_comprehension``: the FIT-RSFG metrics in ``mode``.
+    """
+    mode = bench.mode.value
+    kind = bench.kind
+    if kind is BenchmarkKind.mixed:
+        return score_mixed(rows, bench.iou_threshold)
+    if kind is BenchmarkKind.vqa:
+        result = fitrsfg_vqa_accuracy(rows, mode=mode)
+        return {"OA": result["OA"], "AA": result["AA"],
+                **{f"{category}_accuracy": value for category, value in result["per_type"].items()}}
+    if kind is BenchmarkKind.captions:
+        refs = {str(r["question_id"]): _references(r["ground_truth"]) for r in rows}
+        return caption_scores(refs, {str(r["question_id"]): str(r["answer"] or "") for r in rows})
+    if kind is BenchmarkKind.grounding:
+        result = grounding_accuracy([parse_boxes(str(r["answer"]), bench.box_convention) for r in rows],
+                                    [parse_boxes(str(r["ground_truth"]), bench.box_convention) for r in rows],
+                                    bench.iou_threshold)
+        return {"accuracy": result["accuracy"], "mean_best_iou": result["mean_best_iou"]}
+    if kind is BenchmarkKind.circular:
+        result = circular_accuracy(rows, strict=bench.mode is MetricMode.strict)
+        return {"overall": result["overall"], **{f"{c}_accuracy": v for c, v in result["per_category"].items()}}
+    if kind is BenchmarkKind.scene_classification:
+        return flatten_metrics(scene_classification_metrics(rows, mode=mode))
+    return flatten_metrics(complex_comprehension_metrics(rows, mode=mode))
+
+
+def flatten_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested metric result as ``a/b/c → value``; text (e.g. why a metric is undefined)
+    and counts of nothing are left out."""
+    flat: dict[str, float] = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def _references(ground_truth: Any) -> list[str]:
+    return [str(text) for text in ground_truth] if isinstance(ground_truth, list) else [str(ground_truth)]
+
+
+def score_mixed(rows: Sequence[Mapping[str, Any]], iou_threshold: float = 0.5) -> dict[str, float]:
     """Flat metrics for prediction rows, by question family present.
 
     ``vqa_accuracy`` is the overall accuracy (OA) over presence / count / comparison; ``vqa_aa`` the mean of

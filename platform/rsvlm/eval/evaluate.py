@@ -1,26 +1,29 @@
-"""Evaluate a model (registered, a run's checkpoint, a folder, or the untrained base) on a benchmark."""
+"""Evaluate a model (registered, a run's checkpoint, a folder, or the untrained base) on a benchmark, or score
+an existing answer file."""
 
 from __future__ import annotations
 
 import json
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from rsvlm.config.schema import JobConfig
-from rsvlm.data.images import open_rgb
 from rsvlm.data.prepare import read_prepared_records
+from rsvlm.data.images import open_rgb
 from rsvlm.data.storage import Storage, resolve_inside
-from rsvlm.eval.benchmark import (majority_answers, prediction_rows, read_questions, score_predictions,
-                                  write_jsonl)
-from rsvlm.eval.generate import Prompt, generate_answers
-from rsvlm.model.build import LoadedModel, load_model
-from rsvlm.strategies.checkpoint import load_checkpoint
-from rsvlm.tracking import create_run, finish_run, make_logger, resolve_model_uri
+from rsvlm.eval.answering import BASE_MODEL, answer_questions
+from rsvlm.eval.report import write_report
+from rsvlm.eval.benchmark import (majority_answers, prediction_rows, read_answers, read_questions,
+                                  score_predictions, write_jsonl)
+from rsvlm.tracking import create_run, finish_run, make_logger, pin_model_uri
 from rsvlm.tracking.promotion import set_model_version_tags
 
-BASE_MODEL = "base"
+__all__ = ["BASE_MODEL", "Evaluation", "evaluate_blind_baseline", "evaluate_model", "evaluate_predictions"]
+
+# MLflow metric names allow letters, digits, _ - . / and spaces; category names from data may hold more.
+_METRIC_NAME_UNSAFE = re.compile(r"[^\w\-. /]")
 
 
 @dataclass
@@ -34,34 +37,34 @@ class Evaluation:
     model_version: Optional[str] = None
 
 
-def load_for_evaluation(job: JobConfig, model_uri: str) -> tuple[LoadedModel, Optional[str], Optional[str]]:
-    """The model behind ``model_uri`` and, when it is registered, its name and version."""
-    if model_uri == BASE_MODEL:
-        return load_model(job.model), None, None
-    with tempfile.TemporaryDirectory(prefix="rsvlm-model-") as scratch:
-        resolved = resolve_model_uri(model_uri, job.tracking.uri, scratch)
-        return load_checkpoint(resolved.local_path), resolved.name, resolved.version
-
-
 def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None) -> Evaluation:
-    """Answer every question of ``job.benchmark`` with greedy decoding, score, write files, log to MLflow."""
-    loaded, name, version = load_for_evaluation(job, model_uri)
-    bench, storage = job.benchmark, Storage(job.storage)
-    questions = _benchmark_questions(job, storage)
-    images: dict[str, Any] = {}
-    prompts = []
-    for question in questions:
-        image = question.get("image")
-        if image and image not in images:
-            images[image] = open_rgb(storage.read_bytes(resolve_inside(bench.image_root, image)))
-        prompts.append(Prompt(question["text"], images.get(image) if image else None))
-    answers = generate_answers(loaded, prompts, batch_size=bench.batch_size, max_new_tokens=bench.max_new_tokens,
-                               aspect=job.model.image_aspect)
+    """Answer every question of ``job.benchmark`` with greedy decoding, score, write files, log to MLflow.
+
+    A ``models:/<name>@<alias>`` URI is pinned to the version the alias names now, so the answers, the
+    scores and the tags written on the version all refer to one version.
+    """
+    name = version = None
+    if model_uri.startswith("models:/"):
+        model_uri, name, version = pin_model_uri(model_uri, job.tracking.uri)
+    questions = _benchmark_questions(job, Storage(job.storage))
+    answers = answer_questions(job, model_uri, questions)
     label = label or (f"{name}-v{version}" if name else Path(model_uri).name or "model")
     evaluation = _record(job, label, prediction_rows(questions, answers))
     evaluation.model_name, evaluation.model_version = name, version
     if job.tracking.enabled:
         evaluation.run_id = _log_evaluation(job, evaluation, model_uri)
+    return evaluation
+
+
+def evaluate_predictions(job: JobConfig, label: Optional[str] = None) -> Evaluation:
+    """Score the answer file ``benchmark.predictions`` (e.g. a published model's) without any model."""
+    path = job.benchmark.predictions
+    if not path:
+        raise ValueError("benchmark.predictions names no answer file to score")
+    rows = read_answers(Storage(job.storage).read_text(path), path)
+    evaluation = _record(job, label or Path(path).stem, rows)
+    if job.tracking.enabled:
+        evaluation.run_id = _log_evaluation(job, evaluation, path)
     return evaluation
 
 
@@ -82,10 +85,15 @@ def _benchmark_questions(job: JobConfig, storage: Storage) -> list[dict[str, Any
 
 def _record(job: JobConfig, label: str, rows: list[dict[str, Any]]) -> Evaluation:
     folder = Path(job.workdir) / "eval" / job.benchmark.name / label
-    metrics = score_predictions(rows, job.benchmark.iou_threshold)
+    metrics = score_predictions(rows, job.benchmark)
     predictions = write_jsonl(folder / "predictions.jsonl", rows)
     metrics_path = folder / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    # In the folder _log_evaluation logs, so the MLflow UI shows it beside the predictions.
+    bench, storage = job.benchmark, Storage(job.storage)
+    write_report(folder, title=f"{bench.name} — {label}", metrics=metrics, rows=rows,
+                 box_convention=bench.box_convention, iou_threshold=bench.iou_threshold,
+                 load_image=lambda image: open_rgb(storage.read_bytes(resolve_inside(bench.image_root, image))))
     return Evaluation(label, metrics, predictions, metrics_path)
 
 
@@ -96,7 +104,8 @@ def _log_evaluation(job: JobConfig, evaluation: Evaluation, model_uri: str) -> s
     run_id = create_run(job.tracking, f"eval-{job.benchmark.name}-{evaluation.label}", tags=tags)
     logger = make_logger(job.tracking.uri, run_id, True)
     prefix = f"eval/{job.benchmark.name}"
-    logger.log_metrics({f"{prefix}/{key}": value for key, value in evaluation.metrics.items()}, 0)
+    logger.log_metrics({_METRIC_NAME_UNSAFE.sub("_", f"{prefix}/{key}"): value
+                        for key, value in evaluation.metrics.items()}, 0)
     logger.log_artifacts(str(evaluation.predictions_path.parent), f"eval/{job.benchmark.name}")
     finish_run(job.tracking.uri, run_id, "FINISHED")
     if evaluation.model_name:

@@ -19,6 +19,7 @@ from rsvlm.tracking.params import (
 from rsvlm.tracking.registry import (
     ResolvedModel,
     get_alias_version,
+    pin_model_uri,
     register_model_version,
     resolve_model_uri,
     set_alias,
@@ -43,6 +44,7 @@ __all__ = [
     "make_logger",
     "mask_url_credentials",
     "normalize_artifact_location",
+    "pin_model_uri",
     "redact",
     "register_model_version",
     "reopen_run",

@@ -184,6 +184,25 @@ def _local_folder(path: Path, uri: str) -> Path:
     return path.resolve()
 
 
+def pin_model_uri(uri: str, tracking_uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri with an alias replaced by the version it points at now, model name, version)``.
+
+    Workers that each resolve the model get the same version even if the alias moves meanwhile. URIs that
+    are not ``models:/`` come back unchanged, with no name or version.
+    """
+    if not uri.startswith("models:/"):
+        return uri, None, None
+    client = _client(tracking_uri)
+    if match := _MODELS_ALIAS_RE.match(uri):
+        model_version = _version_by_alias(client, match["name"], match["alias"])
+    elif match := _MODELS_VERSION_RE.match(uri):
+        model_version = _version_by_number(client, match["name"], match["version"])
+    else:
+        raise ValueError(f"cannot parse model URI {uri!r}; accepted: {_ACCEPTED_FORMS}")
+    name, version = model_version.name, str(model_version.version)
+    return f"models:/{name}/{version}", name, version
+
+
 def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> ResolvedModel:
     """Resolve a model URI to a local folder, downloading into ``dst_dir`` when it lives in MLflow.
 
