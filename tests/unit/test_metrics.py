@@ -10,7 +10,7 @@ from rsvlm.data.boxes import Box
 from rsvlm.eval.metrics import (
     box_iou,
     choice_accuracy,
-    circular_accuracy,
+    circular_eval,
     extract_choice,
     grounding_accuracy,
     normalize_answer,
@@ -132,7 +132,7 @@ def test_choice_accuracy_reference_vs_strict() -> None:
         choice_accuracy([])
 
 
-def test_circular_accuracy_needs_every_rotation_right() -> None:
+def test_circular_eval_needs_every_rotation_right() -> None:
     rows = []
     # q1 (land-use): all four rotations right -> right
     rows += [{"question_id": 1, "category": "land-use", "answer": g, "ground_truth": g} for g in "ABCD"]
@@ -141,13 +141,22 @@ def test_circular_accuracy_needs_every_rotation_right() -> None:
     rows += [{"question_id": 2, "category": "land-use", "answer": "A", "ground_truth": "D"}]
     # id 1 again but in another category: a different question; both rotations right -> right
     rows += [{"question_id": 1, "category": "count", "answer": f"({g})", "ground_truth": g} for g in "AB"]
-    result = circular_accuracy(rows)
+    result = circular_eval(rows)
     # 3 questions, 2 right -> 2/3 overall; land-use 1/2, count 1/1 (per-row accuracy would be 9/10)
     assert result["questions"] == 3
     assert result["overall"] == pytest.approx(2 / 3)
     assert result["per_category"] == {"count": 1.0, "land-use": 0.5}
     with pytest.raises(ValueError):
-        circular_accuracy([])
+        circular_eval([])
+
+
+def test_circular_eval_reference_reads_the_article_a_as_an_option_strict_does_not() -> None:
+    rows = [{"question_id": 7, "category": "object", "answer": "A ship is moored at the pier", "ground_truth": "A"},
+            {"question_id": 7, "category": "object", "answer": "B", "ground_truth": "B"}]
+    assert circular_eval(rows, "reference")["overall"] == 1.0
+    assert circular_eval(rows, "strict")["overall"] == 0.0
+    with pytest.raises(ValueError, match="mode"):
+        circular_eval(rows, "lenient")
 
 
 # -------------------------------------------------------------------------------------------- geometry

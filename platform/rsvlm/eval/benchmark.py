@@ -11,12 +11,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from rsvlm.config.schema import BenchmarkConfig, BenchmarkKind, MetricMode
+from rsvlm.config.schema import BenchmarkConfig, BenchmarkKind
 from rsvlm.data.boxes import BoxConvention, parse_boxes
 from rsvlm.eval.metrics import (
     caption_scores,
     choice_accuracy,
-    circular_accuracy,
+    circular_eval,
     complex_comprehension_metrics,
     fitrsfg_vqa_accuracy,
     grounding_accuracy,
@@ -106,7 +106,7 @@ def score_predictions(rows: Sequence[Mapping[str, Any]], bench: BenchmarkConfig)
                                     bench.iou_threshold)
         return {"accuracy": result["accuracy"], "mean_best_iou": result["mean_best_iou"]}
     if kind is BenchmarkKind.circular:
-        result = circular_accuracy(rows, strict=bench.mode is MetricMode.strict)
+        result = circular_eval(rows, bench.mode.value)
         return {"overall": result["overall"], **{f"{c}_accuracy": v for c, v in result["per_category"].items()}}
     if kind is BenchmarkKind.scene_classification:
         return flatten_metrics(scene_classification_metrics(rows, mode=mode))
@@ -157,7 +157,7 @@ def score_mixed(rows: Sequence[Mapping[str, Any]], iou_threshold: float = 0.5) -
             iou_threshold)
         metrics["grounding_accuracy"] = grounding["accuracy"]
     if by_family["relation"]:
-        circular = circular_accuracy(by_family["relation"])
+        circular = circular_eval(by_family["relation"])
         metrics["relation_circular_accuracy"] = circular["overall"]
         metrics["relation_accuracy"] = choice_accuracy(by_family["relation"])["OA"]
     return metrics

@@ -16,7 +16,7 @@ from .answers import extract_choice, normalize_answer
 from .captions import CaptionToolkitError, CaptionToolkitUnavailable, caption_scores
 from .geometry import box_iou
 from .grounding import grounding_accuracy
-from .vqa import choice_accuracy, circular_accuracy, vqa_accuracy
+from .vqa import choice_accuracy, circular_eval, vqa_accuracy
 
 # FIT-RSFG (kept apart from the list above so concurrent edits do not collide).
 from .detection import average_precision, rotated_map
@@ -35,7 +35,7 @@ __all__ = [
     "box_iou",
     "caption_scores",
     "choice_accuracy",
-    "circular_accuracy",
+    "circular_eval",
     "extract_choice",
     "grounding_accuracy",
     "normalize_answer",

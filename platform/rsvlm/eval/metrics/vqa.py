@@ -44,10 +44,14 @@ def choice_accuracy(
     return _summary(correct, "choice_accuracy")
 
 
-def circular_accuracy(
-    rows: Iterable[Mapping[str, Any]], options: str = "ABCDE", *, strict: bool = False
+def circular_eval(
+    rows: Iterable[Mapping[str, Any]], mode: str = "reference", options: str = "ABCDE"
 ) -> dict[str, Any]:
-    """Circular single-choice accuracy (MMBench's CircularEval).
+    """Circular single-choice accuracy (MMBench's CircularEval, FIT-RSRC).
+
+    ``mode="reference"`` is the published rule: an answer is right when it equals the letter (ignoring
+    case), else the first standalone capital A–E read by :func:`extract_choice` is taken, so "A ship is…"
+    reads as A. ``mode="strict"`` does not read the article "A" as an option.
 
     Each question is asked several times with its options rotated; rows sharing ``question_id`` within a
     ``category`` are those rotations (ids are grouped per category because some benchmarks restart their
@@ -57,6 +61,9 @@ def circular_accuracy(
     Returns ``{"overall": right questions / questions, "per_category": {category: accuracy},
     "questions": number of distinct questions}``.
     """
+    if mode not in ("reference", "strict"):
+        raise ValueError(f"mode must be 'reference' or 'strict', got {mode!r}")
+    strict = mode == "strict"
     rotations: dict[tuple[str, str], list[bool]] = defaultdict(list)
     for index, row in enumerate(rows):
         category = _text(row, "category", index)
@@ -65,7 +72,7 @@ def circular_accuracy(
             chosen == _text(row, "ground_truth", index).strip().upper()
         )
     if not rotations:
-        raise ValueError("circular_accuracy got no rows: nothing to score")
+        raise ValueError("circular_eval got no rows: nothing to score")
     per_category: dict[str, list[bool]] = defaultdict(list)
     for (category, _), answers in rotations.items():
         per_category[category].append(all(answers))
