@@ -99,3 +99,47 @@ def test_an_answer_file_missing_fields_is_named(tmp_path):
     job = compose([f"workdir={tmp_path}", "benchmark=rsvqa_lr", f"benchmark.predictions={answers}", "tracking=off"])
     with pytest.raises(ValueError, match=r"answers.jsonl:1: answer row lacks \['category', 'ground_truth'\]"):
         evaluate_predictions(job)
+
+
+def test_open_ended_answers_get_judge_scores_in_the_metrics_and_the_predictions(tmp_path, monkeypatch):
+    """With benchmark.judge.url set, complex-reasoning rows are sent to an OpenAI-compatible judge."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from rsvlm.config import compose
+
+    seen_keys = []
+
+    class Judge(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen_keys.append(self.headers.get("Authorization"))
+            body = json.dumps({"choices": [{"message": {"content": "8 6\nThe second answer misses a ship."}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("RSVLM_JUDGE_API_KEY", "sk-test-judge")
+    rows = [{"question_id": 1, "category": "complex_reasoning", "question": "Why is the harbor busy?",
+             "answer": "Because of ships.", "ground_truth": "Many ships are docked."},
+            {"question_id": 2, "category": "presence", "question": "Is there a ship?", "answer": "yes",
+             "ground_truth": "yes"}]
+    answers = _write(tmp_path / "answers.jsonl", rows)
+    try:
+        job = compose([f"workdir={tmp_path}", f"benchmark.predictions={answers}", "tracking=off",
+                       f"benchmark.judge.url=http://127.0.0.1:{server.server_port}/v1"])
+        evaluation = evaluate_predictions(job)
+    finally:
+        server.shutdown()
+    assert seen_keys == ["Bearer sk-test-judge"]  # only the open-ended row went to the judge
+    assert evaluation.metrics["vqa_accuracy"] == 1.0
+    assert evaluation.metrics["judge_complex_reasoning_relative"] == pytest.approx(6 / 8 * 100)
+    judged = [json.loads(line) for line in evaluation.predictions_path.read_text().splitlines()][0]
+    assert (judged["judge_reference_score"], judged["judge_candidate_score"]) == (8, 6)
+    assert "sk-test-judge" not in evaluation.predictions_path.read_text()

@@ -14,6 +14,7 @@ from rsvlm.data.prepare import read_prepared_records
 from rsvlm.data.images import open_rgb
 from rsvlm.data.storage import Storage, resolve_inside
 from rsvlm.eval.answering import BASE_MODEL, answer_questions
+from rsvlm.eval.judge import JUDGE_CATEGORIES, judge_answers
 from rsvlm.eval.report import write_report
 from rsvlm.eval.benchmark import (majority_answers, prediction_rows, read_answers, read_questions,
                                   score_predictions, write_jsonl)
@@ -86,6 +87,13 @@ def _benchmark_questions(job: JobConfig, storage: Storage) -> list[dict[str, Any
 def _record(job: JobConfig, label: str, rows: list[dict[str, Any]]) -> Evaluation:
     folder = Path(job.workdir) / "eval" / job.benchmark.name / label
     metrics = score_predictions(rows, job.benchmark)
+    open_ended = [row for row in rows if row["category"] in JUDGE_CATEGORIES]
+    if job.benchmark.judge.url and open_ended:
+        # The seeds' 1–10 judge scores; each judged row keeps its scores and review in the predictions file.
+        judged = judge_answers(open_ended, job.benchmark.judge)
+        metrics.update(judged["metrics"])
+        for row, verdict in zip(open_ended, judged["rows"], strict=True):
+            row.update({key: value for key, value in verdict.items() if key.startswith("judge_")})
     predictions = write_jsonl(folder / "predictions.jsonl", rows)
     metrics_path = folder / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
