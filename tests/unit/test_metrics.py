@@ -12,6 +12,7 @@ from rsvlm.eval.metrics import (
     choice_accuracy,
     circular_eval,
     extract_choice,
+    box_matching_accuracy,
     grounding_accuracy,
     normalize_answer,
     vqa_accuracy,
@@ -245,7 +246,7 @@ def _strip(x1: float, x2: float) -> Box:
 def test_grounding_one_prediction_cannot_match_two_ground_truths() -> None:
     # GTs x 0..10 and x 2..12; the single prediction equals the first (IoU 1) and overlaps the second
     # by 8 of 12 (IoU 2/3 >= 0.5). One-to-one matching: 1 hit of 2 GT boxes, not 2.
-    result = grounding_accuracy([[_strip(0, 10)]], [[_strip(0, 10), _strip(2, 12)]])
+    result = box_matching_accuracy([[_strip(0, 10)]], [[_strip(0, 10), _strip(2, 12)]])
     assert result["hits"] == 1
     assert result["ground_truth_boxes"] == 2
     assert result["accuracy"] == 0.5
@@ -260,8 +261,8 @@ def test_grounding_greedy_takes_highest_iou_first() -> None:
     # but at threshold 0.6 only highest-first matching gets both.
     preds = [[_strip(2, 12), _strip(0, 10)]]
     gts = [[_strip(0, 10), _strip(3, 13)]]
-    assert grounding_accuracy(preds, gts, iou_threshold=0.6)["hits"] == 2
-    result = grounding_accuracy(preds, gts)
+    assert box_matching_accuracy(preds, gts, iou_threshold=0.6)["hits"] == 2
+    result = box_matching_accuracy(preds, gts)
     assert result["hits"] == 2
     assert result["mean_best_iou"] == pytest.approx((1 + 9 / 11) / 2)
 
@@ -269,15 +270,28 @@ def test_grounding_greedy_takes_highest_iou_first() -> None:
 def test_grounding_threshold_is_inclusive() -> None:
     # x 0..10 against x 0..20 (same height): intersection 100, union 200 -> IoU exactly 0.5 -> a hit.
     preds, gts = [[_strip(0, 20)]], [[_strip(0, 10)]]
-    assert grounding_accuracy(preds, gts)["hits"] == 1
-    assert grounding_accuracy(preds, gts, iou_threshold=0.5 + 1e-9)["hits"] == 0
+    assert box_matching_accuracy(preds, gts)["hits"] == 1
+    assert box_matching_accuracy(preds, gts, iou_threshold=0.5 + 1e-9)["hits"] == 0
+
+
+def test_grounding_accuracy_reads_answer_rows_in_each_convention() -> None:
+    from rsvlm.data.boxes import BoxConvention
+
+    rows = [{"answer": "[[100,100,300,300]]", "ground_truth": "[[100,100,300,300]]"},  # IoU 1
+            {"answer": "[[0,0,200,100]]", "ground_truth": "[[100,0,300,100]]"},  # IoU 1/3
+            {"answer": "no box here", "ground_truth": "[[0,0,100,100]]"}]
+    result = grounding_accuracy(rows, BoxConvention.thousand, iou_threshold=0.3)
+    assert (result["hits"], result["ground_truth_boxes"]) == (2, 3)
+    assert grounding_accuracy(rows, BoxConvention.thousand)["accuracy"] == pytest.approx(1 / 3)
+    geochat = [{"answer": "{<10><10><50><50>|<0>}", "ground_truth": "{<10><10><50><50>|<0>}"}]
+    assert grounding_accuracy(geochat, BoxConvention.geochat)["accuracy"] == 1.0
 
 
 def test_grounding_accuracy_over_samples() -> None:
     # sample 1: exact hit (1/1); sample 2: no prediction (0/2); sample 3: a miss at IoU 1/3 (0/1)
     preds = [[_strip(0, 10)], [], [_strip(5, 15)]]
     gts = [[_strip(0, 10)], [_strip(0, 10), _strip(20, 30)], [_strip(0, 10)]]
-    result = grounding_accuracy(preds, gts)
+    result = box_matching_accuracy(preds, gts)
     assert result == {
         "accuracy": 0.25,
         "hits": 1,
@@ -288,6 +302,6 @@ def test_grounding_accuracy_over_samples() -> None:
 
 def test_grounding_rejects_mismatched_or_empty_input() -> None:
     with pytest.raises(ValueError, match=r"3 prediction lists and 2 ground-truth lists"):
-        grounding_accuracy([[], [], []], [[], []])
+        box_matching_accuracy([[], [], []], [[], []])
     with pytest.raises(ValueError, match="no ground-truth boxes"):
-        grounding_accuracy([[_strip(0, 10)]], [[]])
+        box_matching_accuracy([[_strip(0, 10)]], [[]])

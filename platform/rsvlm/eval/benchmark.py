@@ -101,9 +101,7 @@ def score_predictions(rows: Sequence[Mapping[str, Any]], bench: BenchmarkConfig)
         refs = {str(r["question_id"]): _references(r["ground_truth"]) for r in rows}
         return caption_scores(refs, {str(r["question_id"]): str(r["answer"] or "") for r in rows})
     if kind is BenchmarkKind.grounding:
-        result = grounding_accuracy([parse_boxes(str(r["answer"]), bench.box_convention) for r in rows],
-                                    [parse_boxes(str(r["ground_truth"]), bench.box_convention) for r in rows],
-                                    bench.iou_threshold)
+        result = grounding_accuracy(rows, bench.box_convention, bench.iou_threshold)
         return {"accuracy": result["accuracy"], "mean_best_iou": result["mean_best_iou"]}
     if kind is BenchmarkKind.circular:
         result = circular_eval(rows, bench.mode.value)
@@ -151,10 +149,7 @@ def score_mixed(rows: Sequence[Mapping[str, Any]], iou_threshold: float = 0.5) -
         metrics["vqa_accuracy"], metrics["vqa_aa"] = vqa["OA"], vqa["AA"]
         metrics.update({f"vqa_{kind}_accuracy": value for kind, value in vqa["per_type"].items()})
     if by_family["grounding"]:
-        grounding = grounding_accuracy(
-            [parse_boxes(str(r["answer"]), BoxConvention.geochat) for r in by_family["grounding"]],
-            [parse_boxes(str(r["ground_truth"]), BoxConvention.geochat) for r in by_family["grounding"]],
-            iou_threshold)
+        grounding = grounding_accuracy(by_family["grounding"], BoxConvention.geochat, iou_threshold)
         metrics["grounding_accuracy"] = grounding["accuracy"]
     if by_family["relation"]:
         circular = circular_eval(by_family["relation"])

@@ -20,7 +20,7 @@ rows (never read from metric keys, whose names differ by benchmark kind), one ru
 by the ground truth alone:
 
 1. the ground truth contains boxes (in ``box_convention``): right when *every* ground-truth box is matched
-   one-to-one by a predicted box at IoU >= ``iou_threshold`` (:func:`grounding_accuracy` of the row is 1),
+   one-to-one by a predicted box at IoU >= ``iou_threshold`` (:func:`box_matching_accuracy` of the row is 1),
    IoU taken in image fractions (square tiles), as the benchmark's grounding score does;
 2. the ground truth is a single option letter ``A``–``E``: right when :func:`extract_choice` reads that
    letter from the answer (the published single-choice rule, per row: not CircularEval);
@@ -51,7 +51,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from PIL import Image, ImageDraw
 
 from rsvlm.data.boxes import Box, BoxConvention, parse_boxes
-from rsvlm.eval.metrics import extract_choice, grounding_accuracy, normalize_answer
+from rsvlm.eval.metrics import box_matching_accuracy, extract_choice, normalize_answer
 
 REPORT_FILE = "report.html"
 IMAGES_FOLDER = "report_images"
@@ -153,7 +153,7 @@ def _judge(row: Mapping[str, Any], convention: BoxConvention, iou_threshold: flo
     truths, predictions = _boxes(truth, convention), _boxes(answer, convention)
     if truths:
         try:
-            right = grounding_accuracy([predictions], [truths], iou_threshold)["accuracy"] == 1.0
+            right = box_matching_accuracy([predictions], [truths], iou_threshold)["accuracy"] == 1.0
         except Exception:  # noqa: BLE001 - absurd numbers in a box (inf, nan) make it wrong, not a crash
             right = False
     elif len(truth.strip()) == 1 and truth.strip() in CHOICE_LETTERS:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .answers import extract_choice, normalize_answer
 from .captions import CaptionToolkitError, CaptionToolkitUnavailable, caption_scores
 from .geometry import box_iou
-from .grounding import grounding_accuracy
+from .grounding import box_matching_accuracy, grounding_accuracy
 from .vqa import choice_accuracy, circular_eval, vqa_accuracy
 
 # FIT-RSFG (kept apart from the list above so concurrent edits do not collide).
@@ -33,6 +33,7 @@ __all__ = [
     "CaptionToolkitError",
     "CaptionToolkitUnavailable",
     "box_iou",
+    "box_matching_accuracy",
     "caption_scores",
     "choice_accuracy",
     "circular_eval",

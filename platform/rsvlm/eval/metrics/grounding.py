@@ -7,14 +7,14 @@ boxes that got a good enough match — the geochat_bench definition that TEOChat
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from rsvlm.data.boxes import Box
+from rsvlm.data.boxes import Box, BoxConvention, parse_boxes
 
 from .geometry import box_iou
 
 
-def grounding_accuracy(
+def box_matching_accuracy(
     pred_boxes: Sequence[Sequence[Box]],
     gt_boxes: Sequence[Sequence[Box]],
     iou_threshold: float = 0.5,
@@ -35,7 +35,7 @@ def grounding_accuracy(
     """
     if len(pred_boxes) != len(gt_boxes):
         raise ValueError(
-            f"grounding_accuracy needs one prediction list per sample: got {len(pred_boxes)} prediction "
+            f"box_matching_accuracy needs one prediction list per sample: got {len(pred_boxes)} prediction "
             f"lists and {len(gt_boxes)} ground-truth lists"
         )
     hits = 0
@@ -63,10 +63,25 @@ def grounding_accuracy(
             used_gt.add(j)
             hits += 1
     if total == 0:
-        raise ValueError("grounding_accuracy got no ground-truth boxes: accuracy is undefined")
+        raise ValueError("box_matching_accuracy got no ground-truth boxes: accuracy is undefined")
     return {
         "accuracy": hits / total,
         "hits": hits,
         "ground_truth_boxes": total,
         "mean_best_iou": best_iou_sum / total,
     }
+
+
+def grounding_accuracy(
+    rows: Iterable[Mapping[str, Any]],
+    convention: BoxConvention = BoxConvention.geochat,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Accuracy@``iou_threshold`` (IoU **>=** the threshold) of answer rows whose ``answer`` and
+    ``ground_truth`` write boxes in ``convention`` (GeoChat ``{<x1><y1><x2><y2>|θ}``, FIT-RS rotated, or
+    [0,1000] ``[[x1,y1,x2,y2]]``); rotated boxes are compared as polygons. An answer without a parsable box
+    matches nothing. See :func:`box_matching_accuracy` for the matching and the returned fields.
+    """
+    rows = list(rows)
+    return box_matching_accuracy([parse_boxes(str(r.get("answer") or ""), convention) for r in rows],
+                                 [parse_boxes(str(r["ground_truth"]), convention) for r in rows], iou_threshold)
