@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from rsvlm.config.schema import BenchmarkConfig, BenchmarkKind
 from rsvlm.data.boxes import BoxConvention, parse_boxes
@@ -29,9 +29,8 @@ GROUNDING_TYPES = ("grounding",)
 CHOICE_TYPES = ("relation",)
 
 
-def read_questions(text: str, file_name: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
-    """Question rows of a benchmark file's ``text``; ``text`` is filled from ``question`` where only that is given."""
-    rows = []
+def _jsonl_rows(text: str, file_name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line; bad JSON names the file and line."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -39,6 +38,15 @@ def read_questions(text: str, file_name: str, limit: Optional[int] = None) -> li
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{file_name}:{number}: invalid JSON: {exc.msg}") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{file_name}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def read_questions(text: str, file_name: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
+    """Question rows of a benchmark file's ``text``; ``text`` is filled from ``question`` where only that is given."""
+    rows = []
+    for number, row in _jsonl_rows(text, file_name):
         missing = [key for key in ("question_id", "category", "ground_truth") if key not in row]
         if missing or not ("text" in row or "question" in row):
             raise ValueError(f"{file_name}:{number}: question row lacks {missing or ['text|question']}")
@@ -53,13 +61,7 @@ def read_answers(text: str, file_name: str) -> list[dict[str, Any]]:
     """Rows of an answer file in the public format (``question_id, answer, category, ground_truth``, and
     ``question``/``text`` where the metric reads it)."""
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{file_name}:{number}: invalid JSON: {exc.msg}") from exc
+    for number, row in _jsonl_rows(text, file_name):
         missing = [key for key in ("question_id", "answer", "category", "ground_truth") if key not in row]
         if missing:
             raise ValueError(f"{file_name}:{number}: answer row lacks {missing}")

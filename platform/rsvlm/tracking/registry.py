@@ -184,6 +184,15 @@ def _local_folder(path: Path, uri: str) -> Path:
     return path.resolve()
 
 
+def _registered_version(client: MlflowClient, uri: str) -> Any:
+    """The model version a ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` URI names."""
+    if match := _MODELS_ALIAS_RE.match(uri):
+        return _version_by_alias(client, match["name"], match["alias"])
+    if match := _MODELS_VERSION_RE.match(uri):
+        return _version_by_number(client, match["name"], match["version"])
+    raise ValueError(f"cannot parse model URI {uri!r}; accepted: {_ACCEPTED_FORMS}")
+
+
 def pin_model_uri(uri: str, tracking_uri: str) -> tuple[str, str | None, str | None]:
     """``(uri with an alias replaced by the version it points at now, model name, version)``.
 
@@ -192,13 +201,7 @@ def pin_model_uri(uri: str, tracking_uri: str) -> tuple[str, str | None, str | N
     """
     if not uri.startswith("models:/"):
         return uri, None, None
-    client = _client(tracking_uri)
-    if match := _MODELS_ALIAS_RE.match(uri):
-        model_version = _version_by_alias(client, match["name"], match["alias"])
-    elif match := _MODELS_VERSION_RE.match(uri):
-        model_version = _version_by_number(client, match["name"], match["version"])
-    else:
-        raise ValueError(f"cannot parse model URI {uri!r}; accepted: {_ACCEPTED_FORMS}")
+    model_version = _registered_version(_client(tracking_uri), uri)
     name, version = model_version.name, str(model_version.version)
     return f"models:/{name}/{version}", name, version
 
@@ -212,13 +215,7 @@ def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> Resol
     # MLflow's per-file download bar is carriage-return noise in job logs; a user's explicit setting wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith("models:/"):
-        client = _client(tracking_uri)
-        if match := _MODELS_ALIAS_RE.match(uri):
-            model_version = _version_by_alias(client, match["name"], match["alias"])
-        elif match := _MODELS_VERSION_RE.match(uri):
-            model_version = _version_by_number(client, match["name"], match["version"])
-        else:
-            raise ValueError(f"cannot parse model URI {uri!r}; accepted: {_ACCEPTED_FORMS}")
+        model_version = _registered_version(_client(tracking_uri), uri)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=model_version.source,
             dst_path=str(dst_dir),
