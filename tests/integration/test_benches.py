@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -40,3 +41,44 @@ def test_gpu_train_bench_runs_at_toy_size_on_cpu():
         assert figures[name]["tokens_per_s"] > 0, figures[name]
         assert figures[name]["checkpointing_active"] is True
     assert figures["lora"]["trainable_params_m"] < figures["full"]["trainable_params_m"]
+
+
+def test_train_overhead_bench_prints_its_ratios():
+    result = subprocess.run([sys.executable, "bench/train_overhead.py", "--preset", "toy"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout[-3000:]
+    figures = json.loads(lines[0])
+    assert figures["steps"] == 4 and figures["micro_batch"] == 2 and figures["rows"] == 8
+    assert 0 < figures["model"]["trainable_params"] < figures["model"]["params"]
+    cores = figures["cores"]
+    assert figures["threads"]["bare"] >= 1
+    assert figures["threads"]["ray1"] == cores and figures["threads"]["ray2"] == max(1, cores // 2)
+    for key in ("bare_samples_per_s", "ray_1worker_samples_per_s", "ray_2worker_samples_per_s", "ray_init_s"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    ratio = figures["ray_1worker_samples_per_s"] / figures["bare_samples_per_s"]
+    assert abs(figures["ray_over_bare"] - ratio) < 0.01
+    ratio = figures["ray_2worker_samples_per_s"] / figures["ray_1worker_samples_per_s"]
+    assert abs(figures["two_over_one"] - ratio) < 0.01
+    assert figures["ray_1worker_outside_steady_s"] >= 0 and figures["ray_2worker_outside_steady_s"] >= 0
+
+
+def test_generation_bench_prints_identical_answers_and_its_ratio():
+    result = subprocess.run([sys.executable, "bench/generation.py", "--preset", "toy"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout[-3000:]
+    figures = json.loads(lines[0])
+    assert figures["answers_identical"] is True
+    assert figures["end_to_end_answers_identical"] is True
+    assert figures["questions"] == 24 and figures["batch_size"] == 8 and figures["max_new_tokens"] == 4
+    for mode in ("sequential", "batched"):
+        assert 0 < figures["mean_new_tokens"][mode] <= figures["max_new_tokens"], mode
+    assert set(figures["threads"]) == {"sequential", "batched", "in_process", "ray_data"}
+    for key in ("sequential_answers_per_s", "batched_answers_per_s", "batched_over_sequential",
+                "in_process_answers_per_s", "ray_data_answers_per_s", "ray_init_s"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    ratio = figures["batched_answers_per_s"] / figures["sequential_answers_per_s"]
+    assert abs(figures["batched_over_sequential"] - ratio) < 0.01
