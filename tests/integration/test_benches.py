@@ -7,6 +7,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 
 def test_ingest_bench_prints_its_figures():
     result = subprocess.run([sys.executable, "bench/ingest.py", "--images", "24", "--image-size", "64"],
@@ -57,10 +59,11 @@ def test_train_overhead_bench_prints_its_ratios():
     assert figures["threads"]["ray1"] == cores and figures["threads"]["ray2"] == max(1, cores // 2)
     for key in ("bare_samples_per_s", "ray_1worker_samples_per_s", "ray_2worker_samples_per_s", "ray_init_s"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
+    # The rates are printed rounded to 0.01, so the printed ratios agree with them to a relative tolerance.
     ratio = figures["ray_1worker_samples_per_s"] / figures["bare_samples_per_s"]
-    assert abs(figures["ray_over_bare"] - ratio) < 0.01
+    assert figures["ray_over_bare"] == pytest.approx(ratio, rel=0.02)
     ratio = figures["ray_2worker_samples_per_s"] / figures["ray_1worker_samples_per_s"]
-    assert abs(figures["two_over_one"] - ratio) < 0.01
+    assert figures["two_over_one"] == pytest.approx(ratio, rel=0.02)
     assert figures["ray_1worker_outside_steady_s"] >= 0 and figures["ray_2worker_outside_steady_s"] >= 0
 
 
