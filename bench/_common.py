@@ -25,3 +25,13 @@ def each_in_own_process(script: str, flag: str, names: Iterable[str]) -> dict[st
             results[name] = {"error": lines[-1] if lines else f"exit code {done.returncode}"}
         print(f"{name}: {results[name]}", file=sys.stderr)
     return results
+
+
+def every_variant(script: str, flag: str, names: Iterable[str]) -> dict[str, dict]:
+    """:func:`each_in_own_process`, exiting with the failures when any variant failed (for benches whose
+    figures are ratios between variants, so one missing variant leaves nothing to report)."""
+    results = each_in_own_process(script, flag, names)
+    failed = {name: result["error"] for name, result in results.items() if "error" in result}
+    if failed:
+        raise SystemExit(f"variants failed: {failed}")
+    return results

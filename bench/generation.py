@@ -56,7 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from _common import each_in_own_process  # noqa: E402  (bench/ is the script's folder)
+from _common import every_variant  # noqa: E402  (bench/ is the script's folder)
 
 VARIANTS = ("sequential", "batched", "in_process", "ray_data")
 PRESETS = {
@@ -96,10 +96,7 @@ def main() -> None:
         prepare_dataset(compose(job_overrides(args, workdir)).data)
         print(f"prepared the synthetic data in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         sys.argv += ["--workdir", workdir]
-        results = each_in_own_process(__file__, "--variant", VARIANTS)
-        failed = {name: r["error"] for name, r in results.items() if "error" in r}
-        if failed:
-            raise SystemExit(f"variants failed: {failed}")
+        results = every_variant(__file__, "--variant", VARIANTS)
         answers = {name: json.loads(answers_file(workdir, name).read_text()) for name in VARIANTS}
     sequential, batched, in_process, ray_data = (results[name] for name in VARIANTS)
     identical = answers["sequential"] == answers["batched"]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from _common import each_in_own_process  # noqa: E402  (bench/ is the script's folder)
+from _common import every_variant  # noqa: E402  (bench/ is the script's folder)
 
 VARIANTS = ("full", "lora", "moe_lora", "moe_lora_loop")
 
@@ -51,10 +51,7 @@ def main() -> None:
     if args.variant:
         print(json.dumps(measure(args)))
         return
-    results = each_in_own_process(__file__, "--variant", VARIANTS)
-    failed = {name: r["error"] for name, r in results.items() if "error" in r}
-    if failed:
-        raise SystemExit(f"variants failed: {failed}")
+    results = every_variant(__file__, "--variant", VARIANTS)
     step = {name: r["median_step_s"] for name, r in results.items()}
     figures = {
         "model": {"hidden": args.hidden, "layers": args.layers, "seq": args.seq, "batch": args.batch,
