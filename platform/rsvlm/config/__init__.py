@@ -120,7 +120,9 @@ def hydra_main(task: Callable[[JobConfig], Any], shorthands: Mapping[str, str] |
 
     @functools.wraps(task)
     def run_task(cfg: DictConfig) -> Any:
-        return task(resolve(cfg))
+        job = resolve(cfg)
+        job.tracking.tags.update(multirun_tags())
+        return task(job)
 
     app = hydra.main(config_path=config_path, config_name="config", version_base="1.3")(run_task)
 
@@ -139,6 +141,24 @@ def hydra_main(task: Callable[[JobConfig], Any], shorthands: Mapping[str, str] |
 
     entry.__doc__ = inspect.getdoc(task)
     return entry
+
+
+def multirun_tags() -> dict[str, str]:
+    """MLflow tags that group the jobs of one Hydra multirun (``-m``); empty outside a multirun.
+
+    ``rsvlm.multirun`` is the multirun's id (its sweep folder's name, a time stamp), so the MLflow UI can
+    show one multirun's runs side by side: ``tags.`rsvlm.multirun` = '2026-11-26_10-00-00'``.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    return {"rsvlm.multirun": Path(hydra_cfg.sweep.dir).name, "rsvlm.multirun.job": str(hydra_cfg.job.num),
+            "rsvlm.multirun.overrides": " ".join(hydra_cfg.overrides.task)}
 
 
 def as_config_error(exc: BaseException) -> Optional[ConfigError]:

@@ -183,6 +183,18 @@ def read_manifest(prepared: str, storage: Optional[Storage] = None) -> dict[str,
     return json.loads(storage.read_text(uri))
 
 
+def prepared_manifest(cfg: DataConfig, storage: Optional[Storage] = None) -> dict[str, Any]:
+    """The manifest of ``cfg.uri``; the built-in synthetic dataset is generated and prepared first if missing.
+
+    Other data is never prepared implicitly: checking a real dataset can take an hour, and should be its
+    own step (``jobs/prepare_data.py``) with its own report of rejected records.
+    """
+    storage = storage or Storage()
+    if cfg.synthetic is not None and not storage.is_file(storage.join(cfg.uri, MANIFEST)):
+        prepare_dataset(cfg, storage)
+    return read_manifest(cfg.uri, storage)
+
+
 def read_prepared_records(prepared: str, storage: Optional[Storage] = None) -> Iterator[dict[str, Any]]:
     """Every canonical record of a prepared dataset, shard by shard (for small consumers; training streams)."""
     storage = storage or Storage()

@@ -24,7 +24,15 @@ from rsvlm.tracking.registry import (
     resolve_model_uri,
     set_alias,
 )
-from rsvlm.tracking.runs import create_run, ensure_experiment, finish_run, normalize_artifact_location, reopen_run
+from rsvlm.tracking.runs import (
+    best_effort,
+    create_run,
+    ensure_experiment,
+    finish_run,
+    normalize_artifact_location,
+    open_run,
+    reopen_run,
+)
 
 __all__ = [
     "MASK",
@@ -34,6 +42,7 @@ __all__ = [
     "NullRunLogger",
     "ResolvedModel",
     "RunLogger",
+    "best_effort",
     "create_run",
     "ensure_experiment",
     "finish_run",
@@ -44,6 +53,7 @@ __all__ = [
     "make_logger",
     "mask_url_credentials",
     "normalize_artifact_location",
+    "open_run",
     "pin_model_uri",
     "redact",
     "register_model_version",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
@@ -18,7 +18,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from rsvlm.config.schema import TrackingConfig
-from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config
+from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url_credentials
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,16 @@ def create_run(
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    """Create a run in ``tracking.experiment`` and return its id (tags masked; parent tag when nested)."""
+    """Create a run in ``tracking.experiment`` and return its id.
+
+    Its tags are ``tracking.tags`` and ``tags`` (masked), plus ``mlflow.parentRunId`` when nested (a sweep's
+    trial under the sweep's run).
+    """
     if not tracking.enabled:
         raise ValueError("tracking.enabled is false: check it before creating an MLflow run")
     client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
     experiment_id = ensure_experiment(client, tracking.experiment, tracking.artifact_location)
-    run_tags = flatten_config(tags or {}, max_length=MAX_TAG_VALUE_LENGTH)
+    run_tags = flatten_config({**tracking.tags, **(tags or {})}, max_length=MAX_TAG_VALUE_LENGTH)
     if parent_run_id:
         run_tags[PARENT_RUN_TAG] = parent_run_id
     run = client.create_run(experiment_id, tags=run_tags, run_name=run_name)
@@ -96,3 +100,39 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
         raise ValueError(f"status must be one of {_FINAL_STATUSES}, got {status!r}")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.set_terminated(run_id, status=status)
+
+
+def best_effort(action: Callable[[], Any]) -> None:
+    """Run a tracking call whose failure must neither hide an error being raised nor undo finished work
+    (a training run, a sweep): a failure is logged as a warning, credentials masked."""
+    try:
+        action()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not update MLflow: %s", mask_url_credentials(str(exc)))
+
+
+def open_run(tracking: TrackingConfig, run_name: str, previous_run_id: str | None, *, params: Mapping[str, Any],
+             tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
+             untracked: str = "the job goes on untracked") -> str | None:
+    """The run a (possibly restarted) job logs into: ``previous_run_id`` reopened, else a new run with ``params``.
+
+    None when tracking is off, or when the server cannot be reached: that is said once, with ``untracked``
+    telling what it means for this job, and the job goes on. Mistakes of the caller are raised.
+    """
+    from rsvlm.tracking.logger import is_transient_tracking_error, make_logger
+
+    if not tracking.enabled:
+        return None
+    try:
+        if previous_run_id:
+            reopen_run(tracking.uri, previous_run_id)
+            return previous_run_id
+        run_id = create_run(tracking, run_name, tags=tags, parent_run_id=parent_run_id)
+        make_logger(tracking.uri, run_id, True).log_params(params)
+        return run_id
+    except Exception as exc:  # noqa: BLE001 - classified: caller errors are re-raised
+        if not is_transient_tracking_error(exc):
+            raise
+        log.warning("MLflow tracking at %s is unreachable (%s: %s). %s.", mask_url_credentials(tracking.uri),
+                    type(exc).__name__, mask_url_credentials(str(exc)), untracked)
+        return None

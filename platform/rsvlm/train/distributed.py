@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence
 
 import ray
 import ray.train
@@ -39,12 +39,13 @@ def ensure_ray(address: Optional[str] = None) -> None:
 
 
 def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any], job: JobConfig,
-                 datasets: dict[str, ray.data.Dataset], run_name: str) -> TorchTrainer:
+                 datasets: dict[str, ray.data.Dataset], run_name: str, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     """A ``TorchTrainer`` for ``job.scaling`` whose checkpoints go under ``job.train.storage_uri/run_name``.
 
     Ray Train restores from the latest checkpoint there when the same ``run_name`` runs again, and restarts
     the workers from it up to ``train.max_failures`` times when one dies. Only ``train`` is split across
-    workers; ``val`` reaches every worker whole, so each computes the same validation loss.
+    workers; ``val`` reaches every worker whole, so each computes the same validation loss. ``callbacks`` are
+    Ray Train callbacks (a sweep's trial passes ``TuneReportCallback``).
     """
     scaling = job.scaling
     keep_best = "val" in datasets
@@ -67,6 +68,7 @@ def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any]
                 checkpoint_score_order="min",
             ),
             failure_config=FailureConfig(max_failures=job.train.max_failures),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -184,6 +186,14 @@ def latest_checkpoint() -> Iterator[Optional[Path]]:
         yield None
         return
     with checkpoint.as_directory() as directory:
+        yield Path(directory)
+
+
+@contextmanager
+def checkpoint_directory(uri: str, storage: Storage) -> Iterator[Path]:
+    """A local folder holding the checkpoint at ``uri`` (a temporary download when it is in object storage)."""
+    filesystem, path = storage.filesystem(uri)
+    with Checkpoint(path, filesystem).as_directory() as directory:
         yield Path(directory)
 
 

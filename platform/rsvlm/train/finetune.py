@@ -11,10 +11,11 @@ import json
 import logging
 import math
 import time
+import uuid
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from rsvlm.config import to_dict
 from rsvlm.config.schema import JobConfig, Routing, StrategyName
@@ -25,14 +26,14 @@ from rsvlm.data.storage import Storage, is_remote
 from rsvlm.data.template import VICUNA_V1
 from rsvlm.model.build import load_processor
 from rsvlm.tracking import (
-    create_run,
+    best_effort,
     finish_run,
     flatten_config,
     is_transient_tracking_error,
     make_logger,
     mask_url_credentials,
+    open_run,
     register_model_version,
-    reopen_run,
 )
 from rsvlm.train import distributed
 from rsvlm.train.loop import train_loop_per_worker
@@ -66,6 +67,7 @@ class RunRecord:
     mlflow_run_id: Optional[str] = None
     starts: int = 0  # how many times the driver started this run
     finished: bool = False
+    checkpoint_uri: Optional[str] = None  # the final checkpoint, once finished
 
 
 class RunFinishedError(RuntimeError):
@@ -87,10 +89,32 @@ def data_seed(seed: int, start: int) -> int:
     return seed if start == 0 else zlib.crc32(f"{seed}/{start}".encode())
 
 
-def run_finetune(job: JobConfig) -> FinetuneResult:
+def default_run_name(prefix: str) -> str:
+    """``<prefix>-<time>-<random>``: unique even for runs started in the same second (a Hydra multirun)."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run_record_uri(job: JobConfig, storage: Storage, run_name: str) -> str:
+    return storage.join(job.train.storage_uri, run_name, RUN_RECORD)
+
+
+def read_record(storage: Storage, uri: str, record_type: type = RunRecord) -> Any:
+    """The ``record_type`` (a dataclass) stored as JSON at ``uri``; an empty one when there is none yet."""
+    if not storage.exists(uri):
+        return record_type()
+    try:
+        return record_type(**json.loads(storage.read_text(uri)))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{uri}: not a {record_type.__name__} ({exc}); move it away to start afresh") from exc
+
+
+def run_finetune(job: JobConfig, *, register: bool = True, parent_run_id: Optional[str] = None,
+                 tags: Optional[Mapping[str, str]] = None, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     """Fine-tune ``job.model`` with ``job.strategy`` on ``job.data.uri``; register the result.
 
     Resumes the run named ``train.run_name`` when it has checkpoints; refuses one that already finished.
+    A sweep's trial passes ``register=False`` (only the best trial is registered), its parent run, its tags
+    and Ray Train callbacks (``TuneReportCallback``).
     """
     distributed.ensure_ray(job.ray_address)
     processor, image_tokens = load_processor(job.model)
@@ -101,9 +125,9 @@ def run_finetune(job: JobConfig) -> FinetuneResult:
         # Task routing has one gate per task, in this order; the checkpoint records it.
         strategy.tasks = sorted(manifest["by_task"])
 
-    run_name = job.train.run_name or f"{job.registered_model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    record_uri = storage.join(job.train.storage_uri, run_name, RUN_RECORD)
-    record = _read_record(storage, record_uri)
+    run_name = job.train.run_name or default_run_name(job.registered_model_name)
+    record_uri = run_record_uri(job, storage, run_name)
+    record = read_record(storage, record_uri)
     if record.finished:
         raise RunFinishedError(f"run {run_name!r} already finished ({record_uri}); choose a new train.run_name")
 
@@ -115,7 +139,7 @@ def run_finetune(job: JobConfig) -> FinetuneResult:
     if job.data.val_fraction > 0 and job.train.val_batches > 0:
         datasets["val"] = validation_dataset(job.data.uri, manifest, builder, val_fraction=job.data.val_fraction)
 
-    run_id = _open_tracking_run(job, run_name, record.mlflow_run_id)
+    run_id = _open_tracking_run(job, run_name, record.mlflow_run_id, parent_run_id, tags or {})
     record = RunRecord(run_id or record.mlflow_run_id, record.starts + 1)
     storage.write_text(record_uri, json.dumps(asdict(record)) + "\n")
 
@@ -124,77 +148,50 @@ def run_finetune(job: JobConfig) -> FinetuneResult:
         train_loop_per_worker,
         {"job": to_dict(job), "mlflow_run_id": run_id, "run_name": run_name, "total_steps": total_steps,
          "validate": "val" in datasets},
-        job, datasets, run_name)
+        job, datasets, run_name, callbacks=callbacks)
     try:
         result = trainer.fit()
     except BaseException:
         if run_id:
-            _quietly(lambda: finish_run(job.tracking.uri, run_id, "FAILED"))
+            best_effort(lambda: finish_run(job.tracking.uri, run_id, "FAILED"))
         raise
     checkpoint_uri = ("s3://" + result.checkpoint.path if is_remote(job.train.storage_uri)
                       else result.checkpoint.path)
-    version = _register(job, run_id, result.checkpoint) if run_id else None
-    storage.write_text(record_uri, json.dumps(asdict(RunRecord(record.mlflow_run_id, record.starts, True))) + "\n")
+    version = None
+    if run_id:
+        version = register_checkpoint(job, run_id, checkpoint_uri) if register else None
+        best_effort(lambda: finish_run(job.tracking.uri, run_id, "FINISHED"))
+    finished = RunRecord(record.mlflow_run_id, record.starts, True, checkpoint_uri)
+    storage.write_text(record_uri, json.dumps(asdict(finished)) + "\n")
     return FinetuneResult(checkpoint_uri, dict(result.metrics or {}), run_id,
                           job.registered_model_name if version else None, version)
 
 
-def _read_record(storage: Storage, uri: str) -> RunRecord:
-    if not storage.exists(uri):
-        return RunRecord()
-    try:
-        return RunRecord(**json.loads(storage.read_text(uri)))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{uri}: not a run record ({exc}); move it away to start this run afresh") from exc
-
-
-def _open_tracking_run(job: JobConfig, run_name: str, previous_run_id: Optional[str]) -> Optional[str]:
+def _open_tracking_run(job: JobConfig, run_name: str, previous_run_id: Optional[str],
+                       parent_run_id: Optional[str], tags: Mapping[str, str]) -> Optional[str]:
     """The MLflow run to log into: the previous start's (reopened), else a new one with the config as params.
 
-    An unreachable tracking server does not stop training: it is said once here, and the run trains
-    untracked (its metrics are not recorded anywhere, and the model is not registered).
+    An unreachable tracking server does not stop training: the run trains untracked.
     """
-    if not job.tracking.enabled:
-        return None
-    try:
-        if previous_run_id:
-            reopen_run(job.tracking.uri, previous_run_id)
-            return previous_run_id
-        run_id = create_run(job.tracking, run_name, tags={"rsvlm.job": "finetune", "rsvlm.run_name": run_name})
-        make_logger(job.tracking.uri, run_id, True).log_params(flatten_config(to_dict(job)))
-        return run_id
-    except Exception as exc:  # noqa: BLE001 - classified: caller errors are re-raised
-        if not is_transient_tracking_error(exc):
-            raise
-        log.warning("MLflow tracking at %s is unreachable (%s: %s). Training goes on untracked: its metrics are "
-                    "not recorded and the model will not be registered; the checkpoints are under %s.",
-                    mask_url_credentials(job.tracking.uri), type(exc).__name__, mask_url_credentials(str(exc)),
-                    job.train.storage_uri)
-        return None
+    return open_run(job.tracking, run_name, previous_run_id, params=flatten_config(to_dict(job)),
+                    tags={"rsvlm.job": "finetune", "rsvlm.run_name": run_name, **tags}, parent_run_id=parent_run_id,
+                    untracked="Training goes on untracked: its metrics are not recorded and the model will not be "
+                              f"registered; the checkpoints are under {job.train.storage_uri}")
 
 
-def _register(job: JobConfig, run_id: str, checkpoint) -> Optional[str]:
-    """Log the final checkpoint to the run and register it at ``tracking.alias``; None if MLflow is down."""
+def register_checkpoint(job: JobConfig, run_id: str, checkpoint_uri: str) -> Optional[str]:
+    """Log a checkpoint to the run and register it at ``tracking.alias``; None if MLflow is down."""
     try:
         logger = make_logger(job.tracking.uri, run_id, True)
-        with checkpoint.as_directory() as directory:  # a local copy when the checkpoint is on S3
-            logger.log_artifacts(directory, CHECKPOINT_ARTIFACT)
-        version = register_model_version(job.tracking.uri, job.registered_model_name, run_id, CHECKPOINT_ARTIFACT,
-                                         alias=job.tracking.alias)
-        finish_run(job.tracking.uri, run_id, "FINISHED")
-        return version
+        with distributed.checkpoint_directory(checkpoint_uri, Storage(job.storage)) as directory:
+            logger.log_artifacts(str(directory), CHECKPOINT_ARTIFACT)
+        return register_model_version(job.tracking.uri, job.registered_model_name, run_id, CHECKPOINT_ARTIFACT,
+                                      alias=job.tracking.alias)
     except Exception as exc:  # noqa: BLE001 - classified: caller errors are re-raised
         if not is_transient_tracking_error(exc):
             raise
         log.warning("MLflow tracking at %s failed while registering the model (%s: %s); the checkpoint is at %s.",
                     mask_url_credentials(job.tracking.uri), type(exc).__name__, mask_url_credentials(str(exc)),
-                    checkpoint.path)
+                    checkpoint_uri)
         return None
 
-
-def _quietly(action) -> None:
-    """Run a best-effort tracking call whose failure must not hide the error being raised."""
-    try:
-        action()
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not update the MLflow run: %s", mask_url_credentials(str(exc)))

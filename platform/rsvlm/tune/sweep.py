@@ -1,0 +1,306 @@
+"""The sweep driver: a Ray Tune experiment whose trials are Ray Train fine-tuning runs, tracked in MLflow.
+
+Each trial is a Tune function that runs :func:`rsvlm.train.finetune.run_finetune` with the trial's values:
+it builds and fits a ``TorchTrainer`` whose ``TuneReportCallback`` passes every checkpoint's metrics on to
+Tune (Ray Train V2's pattern; ``Tuner(trainer)`` is deprecated). So a trial is exactly a finetune run: the
+same params, metrics, checkpoints and resume, logged as a child of the sweep's MLflow run.
+
+In storage, ``sweep.storage_uri/<name>/`` is Tune's experiment folder plus ``rsvlm_sweep.json`` (the parent
+run and how often the sweep was started) and the results table; each trial's Ray Train run is
+``train.storage_uri/<name>-<trial id>/``. Running the same ``sweep.name`` again restores Tune's experiment,
+and each unfinished trial resumes its Ray Train run from its latest checkpoint, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from rsvlm.config import to_dict
+from rsvlm.config.errors import ConfigError
+from rsvlm.config.schema import JobConfig, SearchAlgorithm, TrialScheduler
+from rsvlm.data.prepare import prepared_manifest
+from rsvlm.data.storage import Storage, is_remote
+from rsvlm.tracking import best_effort, finish_run, flatten_config, make_logger, mask_url_credentials, open_run
+from rsvlm.train import distributed
+from rsvlm.train.finetune import (
+    default_run_name,
+    read_record,
+    register_checkpoint,
+    run_finetune,
+    run_record_uri,
+    total_training_steps,
+)
+from rsvlm.tune.results import (
+    COMPLETED,
+    FAILED,
+    STOPPED_EARLY,
+    TrialOutcome,
+    best_trial,
+    summary_lines,
+    table_rows,
+    write_plot,
+    write_table,
+)
+from rsvlm.tune.space import (
+    flat_values,
+    max_concurrent_trials,
+    nested_values,
+    search_space,
+    trial_count,
+    trial_job,
+    trial_resources,
+    validate_space,
+)
+
+log = logging.getLogger(__name__)
+
+SWEEP_RECORD = "rsvlm_sweep.json"
+PLOT_NAME = "sweep_plot.png"
+# Where the parent run keeps the results table and plot.
+RESULTS_ARTIFACT = "sweep"
+
+
+@dataclass
+class SweepRecord:
+    """What the driver keeps beside Tune's experiment state."""
+
+    parent_run_id: Optional[str] = None
+    starts: int = 0
+    finished: bool = False
+
+
+@dataclass
+class SweepResult:
+    name: str
+    parent_run_id: Optional[str]
+    trials: list[TrialOutcome] = field(default_factory=list)
+    best: Optional[TrialOutcome] = None
+    registered_model: Optional[str] = None
+    version: Optional[str] = None
+    results_uri: Optional[str] = None  # the results table (CSV) in storage
+
+
+class SweepFinishedError(RuntimeError):
+    """The named sweep already finished; running it again would only repeat its registration."""
+
+
+class SweepInterruptedError(RuntimeError):
+    """The sweep stopped before every trial ended (Ctrl-C, SIGUSR1); the same sweep.name resumes it."""
+
+
+def check_sweep(job: JobConfig) -> None:
+    """Refuse, on the driver and before anything starts, a sweep that could not do what it says."""
+    validate_space(job)
+    sweep = job.sweep
+    if job.scaling.num_workers == 0:
+        raise ConfigError("scaling.num_workers", "a sweep's trials are Ray Train runs with workers (local mode "
+                          "cannot report to Tune or resume); pick scaling=cpu1 or more", ["cpu1", "cpu2", "gpu1"])
+    if sweep.metric == distributed.VALIDATION_METRIC and (job.data.val_fraction == 0 or job.train.val_batches == 0):
+        raise ConfigError("sweep.metric", "val/loss needs validation: data.val_fraction and train.val_batches > 0")
+    if sweep.scheduler is TrialScheduler.asha and job.train.checkpoint_every == 0:
+        raise ConfigError("train.checkpoint_every", "ASHA compares trials at their reports, which come with "
+                          "checkpoints: set it > 0 (and below train.max_steps)")
+
+
+def run_sweep(job: JobConfig) -> SweepResult:
+    """Run (or resume) the sweep ``job.sweep``; register its best trial at ``tracking.alias``."""
+    check_sweep(job)
+    storage = Storage(job.storage)
+    name = job.sweep.name or default_run_name("sweep")
+    experiment_uri = storage.join(job.sweep.storage_uri, name)
+    record_uri = storage.join(experiment_uri, SWEEP_RECORD)
+    record = read_record(storage, record_uri, SweepRecord)
+    if record.finished:
+        raise SweepFinishedError(f"sweep {name!r} already finished ({record_uri}); choose a new sweep.name")
+    distributed.ensure_ray(job.ray_address)
+    manifest = prepared_manifest(job.data, storage)
+
+    parent_run_id = open_run(job.tracking, name, record.parent_run_id, params=flatten_config(to_dict(job)),
+                             tags={"rsvlm.job": "sweep", "rsvlm.sweep": name},
+                             untracked="The sweep goes on untracked and registers nothing")
+    record = SweepRecord(parent_run_id or record.parent_run_id, record.starts + 1)
+    storage.write_text(record_uri, json.dumps(asdict(record)) + "\n")
+
+    trials = trial_count(job.sweep)
+    concurrent = max_concurrent_trials(ray.cluster_resources(), job, trials)
+    print(f"sweep {name}: {trials} trial(s), {concurrent} at a time, each {trial_resources(job)}; "
+          f"{job.sweep.search.value} search, {job.sweep.scheduler.value} scheduler on {job.sweep.metric} "
+          f"({job.sweep.mode.value})" + (f"; resuming (start {record.starts})" if record.starts > 1 else ""))
+    tuner = _tuner(job, name, experiment_uri, parent_run_id, concurrent, total_training_steps(job, manifest))
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        if parent_run_id:
+            best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "FAILED"))
+        raise
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished:
+        if parent_run_id:
+            best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "KILLED"))
+        raise SweepInterruptedError(f"sweep {name!r} stopped with {unfinished} of {len(grid)} trial(s) unfinished; "
+                                    f"run it again with sweep.name={name} to resume them")
+
+    base = to_dict(job)
+    outcomes = [_outcome(job, base, name, storage, manifest, result) for result in grid]
+    _close_trial_runs(job, storage, outcomes)
+    best = best_trial(outcomes, job.sweep.mode)
+    result = SweepResult(name, parent_run_id, outcomes, best)
+    if best is not None and best.run_id and best.checkpoint_uri:
+        best_job = trial_job(base, nested_values(best.values), best.run_name)
+        result.version = register_checkpoint(best_job, best.run_id, best.checkpoint_uri)
+        result.registered_model = best_job.registered_model_name if result.version else None
+    result.results_uri = _write_results(job, storage, experiment_uri, result)
+    if parent_run_id:
+        best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "FINISHED"))
+    storage.write_text(record_uri, json.dumps(asdict(SweepRecord(record.parent_run_id, record.starts, True))) + "\n")
+    for line in summary_lines(outcomes, job.sweep.metric, best):
+        print(line)
+    return result
+
+
+def _tuner(job: JobConfig, name: str, experiment_uri: str, parent_run_id: Optional[str], concurrent: int,
+           total_steps: int) -> tune.Tuner:
+    """A new Tuner, or the one of an interrupted sweep of the same name restored from storage."""
+    filesystem, experiment_path = Storage(job.storage).filesystem(experiment_uri)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=to_dict(job), sweep_name=name, parent_run_id=parent_run_id),
+        {"CPU": job.sweep.trial_cpus})
+    if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
+        # Errored trials are resumed too: a sweep is usually started again after fixing what failed them.
+        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=filesystem)
+    sweep = job.sweep
+    if sweep.search is SearchAlgorithm.optuna:
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg, searcher_limit = OptunaSearch(seed=sweep.seed), concurrent
+    else:
+        # Tune's max_concurrent_trials applies to searchers only; the variant generator takes its own.
+        search_alg, searcher_limit = BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent), None
+    if sweep.scheduler is TrialScheduler.asha:
+        # Trials report at checkpoints; "step" (optimizer steps) is the time ASHA's rungs are counted in.
+        scheduler = ASHAScheduler(time_attr="step", max_t=total_steps,
+                                  grace_period=sweep.grace_period or job.train.checkpoint_every,
+                                  reduction_factor=sweep.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    _, storage_path = Storage(job.storage).filesystem(job.sweep.storage_uri)
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(sweep),
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode.value, search_alg=search_alg,
+                                    scheduler=scheduler, num_samples=sweep.num_samples,
+                                    max_concurrent_trials=searcher_limit, trial_dirname_creator=trial_dirname,
+                                    trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
+                                  failure_config=tune.FailureConfig(max_failures=sweep.max_trial_failures)),
+    )
+
+
+def trial_dirname(trial) -> str:
+    """A trial's folder (and name) is its id, so the driver finds its Ray Train run from the Tune result."""
+    return trial.trial_id
+
+
+def trial_run_name(sweep_name: str, trial_id: str) -> str:
+    return f"{sweep_name}-{trial_id}"
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_name: str, parent_run_id: Optional[str]) -> None:
+    """One trial (a Tune function): fine-tune with the trial's values; metrics reach Tune at every checkpoint."""
+    trial_id = tune.get_context().get_trial_id()
+    job = trial_job(base, config, trial_run_name(sweep_name, trial_id))
+    run_finetune(job, register=False, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
+                 tags={"rsvlm.sweep": sweep_name, "rsvlm.trial_id": trial_id})
+
+
+def _outcome(job: JobConfig, base: dict[str, Any], sweep_name: str, storage: Storage, manifest: dict[str, Any],
+             result) -> TrialOutcome:
+    """How one trial ended, from its Tune result and its run record."""
+    trial_id = Path(result.path).name
+    run_name = trial_run_name(sweep_name, trial_id)
+    trial = trial_job(base, result.config, run_name)
+    record = read_record(storage, run_record_uri(trial, storage, run_name))
+    metrics = result.metrics or {}
+    if result.error is not None:
+        status = FAILED
+    elif record.finished or metrics.get("step", 0) >= total_training_steps(trial, manifest):
+        # ASHA stops a trial at max_t, and may stop one at a rung that is also its last step: Tune then ends
+        # the trial's process at its final report, before the trial could record that it finished.
+        status = COMPLETED
+    else:  # stopped by the scheduler before its last step
+        status = STOPPED_EARLY
+    checkpoint_uri = record.checkpoint_uri
+    if checkpoint_uri is None and metrics.get("checkpoint_path"):
+        path = metrics["checkpoint_path"]
+        checkpoint_uri = "s3://" + path if is_remote(job.train.storage_uri) else path
+    value = metrics.get(job.sweep.metric)
+    error = None
+    if result.error is not None:
+        error = mask_url_credentials(str(result.error).strip().splitlines()[-1])[:500]
+    return TrialOutcome(trial_id, run_name, status, flat_values(result.config),
+                        float(value) if value is not None else None,
+                        int(metrics["step"]) if metrics.get("step") is not None else None,
+                        record.mlflow_run_id, checkpoint_uri, error)
+
+
+def _close_trial_runs(job: JobConfig, storage: Storage, outcomes: list[TrialOutcome]) -> None:
+    """Record how each trial ended: in its run record, and in its MLflow run (a trial the scheduler stopped
+    had its process ended, which left the run RUNNING)."""
+    for outcome in outcomes:
+        if outcome.status == COMPLETED:
+            uri = run_record_uri(job, storage, outcome.run_name)
+            record = read_record(storage, uri)
+            if not record.finished:
+                storage.write_text(uri, json.dumps(asdict(replace(record, finished=True,
+                                                                  checkpoint_uri=outcome.checkpoint_uri))) + "\n")
+        if outcome.run_id:
+            run_id = outcome.run_id
+            status = {COMPLETED: "FINISHED", STOPPED_EARLY: "KILLED", FAILED: "FAILED"}[outcome.status]
+            best_effort(lambda: finish_run(job.tracking.uri, run_id, status))
+            best_effort(lambda: make_logger(job.tracking.uri, run_id, True).set_tags(
+                {"rsvlm.sweep.status": outcome.status}))
+
+
+def _write_results(job: JobConfig, storage: Storage, experiment_uri: str, result: SweepResult) -> str:
+    """The results table and plot: into the sweep's storage folder and onto the parent run."""
+    metric = job.sweep.metric
+    with tempfile.TemporaryDirectory(prefix="rsvlm-sweep-") as scratch:
+        folder = Path(scratch)
+        files = write_table(table_rows(result.trials, metric), folder)
+        plot = write_plot(result.trials, metric, folder / PLOT_NAME)
+        files += [plot] if plot else []
+        for path in files:
+            storage.write_bytes(storage.join(experiment_uri, path.name), path.read_bytes())
+        if result.parent_run_id:
+            best = result.best
+            tags = {"rsvlm.sweep.trials": str(len(result.trials)),
+                    "rsvlm.sweep.completed": str(sum(o.status == COMPLETED for o in result.trials))}
+            if best is not None:
+                tags |= {"rsvlm.sweep.best_trial": best.trial_id, "rsvlm.sweep.best_run_id": best.run_id or "",
+                         **{f"rsvlm.sweep.best.{key}": str(value) for key, value in best.values.items()}}
+            if result.version:
+                tags |= {"rsvlm.registered_model": result.registered_model or "",
+                         "rsvlm.registered_version": result.version}
+
+            def log_results() -> None:
+                logger = make_logger(job.tracking.uri, result.parent_run_id, True)
+                logger.log_artifacts(scratch, RESULTS_ARTIFACT)
+                logger.set_tags(tags)
+                if best is not None and best.metric is not None:
+                    logger.log_metrics({f"best/{metric}": best.metric}, 0)
+
+            best_effort(log_results)
+    return storage.join(experiment_uri, "sweep_results.csv")
+
