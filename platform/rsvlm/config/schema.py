@@ -520,7 +520,8 @@ class SweepConfig:
     search: SearchAlgorithm = SearchAlgorithm.random
     # Repeats of the grid (grid, random), or trials (optuna).
     num_samples: int = 1
-    space: dict[str, dict[str, SearchDimension]] = field(default_factory=dict)
+    # {group: {setting: SearchDimension}}; typed in __post_init__ (OmegaConf cannot type a dict of dicts).
+    space: dict[str, Any] = field(default_factory=dict)
     # What picks the best trial, and what ASHA and Optuna act on: a metric reported at every checkpoint.
     metric: str = "val/loss"
     mode: OptimizeMode = OptimizeMode.min
@@ -544,7 +545,6 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        # OmegaConf types only the outer level of a dict of dicts: make the dimensions typed here.
         kinds = [f.name for f in fields(SearchDimension)]
         for group, keys in self.space.items():
             _require(isinstance(keys, dict), f"sweep.space.{group}", "must map settings of the group to dimensions, "
