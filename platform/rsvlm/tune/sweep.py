@@ -144,11 +144,11 @@ def run_sweep(job: JobConfig) -> SweepResult:
         if parent_run_id:
             best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "FAILED"))
         raise
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    unfinished = _unfinished_trials(job, experiment_uri, trials)
     if unfinished:
         if parent_run_id:
             best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "KILLED"))
-        raise SweepInterruptedError(f"sweep {name!r} stopped with {unfinished} of {len(grid)} trial(s) unfinished; "
+        raise SweepInterruptedError(f"sweep {name!r} stopped with {unfinished} of {trials} trial(s) unfinished; "
                                     f"run it again with sweep.name={name} to resume them")
 
     base = to_dict(job)
@@ -206,6 +206,19 @@ def _tuner(job: JobConfig, name: str, experiment_uri: str, parent_run_id: Option
         run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
                                   failure_config=tune.FailureConfig(max_failures=sweep.max_trial_failures)),
     )
+
+
+def _unfinished_trials(job: JobConfig, experiment_uri: str, expected: int) -> int:
+    """Trials of the sweep that did not end, as Tune saved them.
+
+    The state Tune saves is what tells: on Ctrl-C it saves the running trials as such (restore resumes them),
+    then stops them, after which the in-memory results show them as ended. Trials not yet created when it
+    stopped are not in the state at all.
+    """
+    filesystem, path = Storage(job.storage).filesystem(experiment_uri)
+    saved = tune.ExperimentAnalysis(path, storage_filesystem=filesystem)
+    ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in saved.trials)
+    return max(expected - ended, 0)
 
 
 def trial_dirname(trial) -> str:
