@@ -134,7 +134,8 @@ def test_resume_stopped_run_continues_under_the_same_name(tmp_path, prepared, lo
     # A redone step used the same learning rate: the schedule resumed where it was, not from its start.
     assert all(len(values) == 1 for values in by_step.values()), by_step
     record = json.loads((run_dir / "rsvlm_run.json").read_text())
-    assert record == {"mlflow_run_id": first_run_id, "starts": 2, "finished": True}
+    assert record == {"mlflow_run_id": first_run_id, "starts": 2, "finished": True,
+                      "checkpoint_uri": result.checkpoint_uri}
 
     state = load_training_state(Path(result.checkpoint_uri))
     assert state.step == TOTAL_STEPS and len(state.rng) == 2

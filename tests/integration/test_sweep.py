@@ -171,3 +171,27 @@ def test_an_interrupted_sweep_resumes_under_the_same_name(tmp_path, prepared):
     # The interrupted trial went on from its checkpoint, not from step 0.
     assert resumed and all(step >= 20 for step in resumed), resumed
     assert str(client.get_model_version_by_alias("rsvlm-tiny-moe_lora", "candidate").version) == "1"
+
+
+def test_optuna_sweeps_rank_top_k_and_learning_rate(tmp_path, prepared, local_ray):
+    from rsvlm.config import compose
+    from rsvlm.tune.sweep import run_sweep
+
+    job = compose([f"workdir={tmp_path}", "sweep=smoke", f"data.uri={prepared}", "sweep.name=optuna",
+                   "sweep.search=optuna", "sweep.num_samples=3", "sweep.scheduler=fifo", "~sweep.space.strategy",
+                   "+sweep.space.strategy.top_k={choice:[null,1]}", "+sweep.space.strategy.rank={choice:[8,16]}",
+                   "+sweep.space.optim.lr={loguniform:[1e-3,1e-2]}", "train.max_steps=10",
+                   "train.checkpoint_every=5", "tracking.system_metrics_interval_s=0"])
+    result = run_sweep(job)
+
+    assert len(result.trials) == 3 and all(o.status == COMPLETED for o in result.trials)
+    for outcome in result.trials:
+        assert outcome.values["strategy.top_k"] in (None, 1) and outcome.values["strategy.rank"] in (8, 16)
+        assert 1e-3 <= outcome.values["optim.lr"] <= 1e-2 and outcome.step == 10
+    client, runs = _runs(job.tracking.uri)
+    by_run = {r.info.run_id: r for r in runs}
+    for outcome in result.trials:
+        params = by_run[outcome.run_id].data.params
+        assert float(params["optim.lr"]) == pytest.approx(outcome.values["optim.lr"])
+        assert params["strategy.top_k"] == str(outcome.values["strategy.top_k"])
+    assert result.best.metric == min(o.metric for o in result.trials) and result.version == "1"

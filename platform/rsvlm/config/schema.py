@@ -348,7 +348,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     # Names the run: its folder under storage_uri and its MLflow run. Running again with the same name resumes
-    # from the run's latest checkpoint and appends to the same MLflow run. null = <registered model>-<time>.
+    # from the run's latest checkpoint and appends to the same MLflow run. null = <registered model>-<time>-<random>.
     run_name: Optional[str] = None
     # Where checkpoints go: a local folder or s3://bucket/prefix (through storage.endpoint_url).
     storage_uri: str = "${workdir}/ray_results"
