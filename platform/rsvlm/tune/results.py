@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -126,7 +126,3 @@ def summary_lines(outcomes: Sequence[TrialOutcome], metric: str, best: Optional[
         mark = " <- best" if best is not None and row["trial_id"] == best.trial_id else ""
         lines.append(f"{row['trial_id']}  {settings}  {metric}={shown}  step={row['step']}  {row['status']}{mark}")
     return lines
-
-
-def as_dicts(outcomes: Sequence[TrialOutcome]) -> list[dict[str, Any]]:
-    return [asdict(o) for o in outcomes]
