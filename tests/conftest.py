@@ -29,12 +29,36 @@ def compose_job(tmp_path):
     return make
 
 
+def _start_session_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray instance for the whole session (starting Ray takes seconds)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        _start_session_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def sole_ray():
+    """No Ray of this session while the test runs, for a job process that starts its own.
+
+    With two Ray instances on one machine, Ray Train's placement-group cleaner cannot tell which one is its
+    own and fails; the finished trials' CPUs are then never given back, and a sweep's next trials wait for
+    them for ever. The session's Ray, if it was running, is started again afterwards.
+    """
+    import ray
+
+    was_running = ray.is_initialized()
+    if was_running:
+        ray.shutdown()
+    yield
+    if was_running:
+        _start_session_ray()

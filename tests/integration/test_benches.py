@@ -85,3 +85,15 @@ def test_generation_bench_prints_identical_answers_and_its_ratio():
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     ratio = figures["batched_answers_per_s"] / figures["sequential_answers_per_s"]
     assert figures["batched_over_sequential"] == pytest.approx(ratio, rel=0.02)
+
+
+def test_sweep_bench_prints_its_speedup():
+    result = subprocess.run([sys.executable, "bench/sweep.py", "--steps", "4", "--trials", "2"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert figures["trials"] == 2 and figures["steps_per_trial"] == 4
+    assert figures["concurrent"]["serial"] == 1 and figures["concurrent"]["parallel"] >= 1
+    ratio = figures["serial_wall_s"] / figures["parallel_wall_s"]
+    assert figures["parallel_speedup"] == pytest.approx(ratio, rel=0.05)

@@ -1,7 +1,7 @@
 """Ray Tune sweeps end to end: real Ray (Tune + Train), real MLflow (sqlite), the tiny model.
 
-The smoke sweep and the resumed sweep run ``jobs/sweep.py`` as a user does (its own process and Ray); the
-failing-trial sweep runs in the test process on the session's Ray.
+The smoke sweep and the resumed sweep run ``jobs/sweep.py`` in a process of its own with a Ray of its own, as
+a user does (the session's Ray is stopped meanwhile); the other sweeps run in the test process.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _table(workdir: Path, name: str) -> list[dict]:
     return json.loads((workdir / "sweeps" / name / "sweep_results.json").read_text())
 
 
-def test_smoke_sweep_makes_parent_and_child_runs_and_registers_the_best(tmp_path):
+def test_smoke_sweep_makes_parent_and_child_runs_and_registers_the_best(tmp_path, sole_ray):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = _run_job(["sweep=smoke", f"workdir={tmp_path}", f"tracking.uri={tracking_uri}"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -67,9 +67,10 @@ def test_smoke_sweep_makes_parent_and_child_runs_and_registers_the_best(tmp_path
         assert history and history[-1].step == row["step"]
         assert history[-1].value == pytest.approx(row["val/loss"])
 
-    # ASHA lets trials reach step 20; whatever it stopped there did not train to 40.
+    # ASHA lets every trial reach step 20; what it stopped after that did not train to 40 (a stopped trial
+    # may report once more while Tune ends it).
     for row in rows.values():
-        assert row["step"] == (40 if row["status"] == COMPLETED else 20)
+        assert row["step"] == 40 if row["status"] == COMPLETED else (20 <= row["step"] < 40)
     completed = [row for row in rows.values() if row["status"] == COMPLETED]
     assert completed, rows
     best = min(completed, key=lambda row: row["val/loss"])
@@ -130,7 +131,7 @@ def _storage(job):
     return Storage(job.storage)
 
 
-def test_an_interrupted_sweep_resumes_under_the_same_name(tmp_path, prepared):
+def test_an_interrupted_sweep_resumes_under_the_same_name(tmp_path, prepared, sole_ray):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["sweep=smoke", f"workdir={tmp_path}", f"data.uri={prepared}", f"tracking.uri={tracking_uri}",
             "sweep.name=resumable", "sweep.scheduler=fifo", "~sweep.space.strategy.num_experts",
