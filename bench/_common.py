@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Iterable
+from typing import Any, Callable, Iterable, Optional
 
 
 def each_in_own_process(script: str, flag: str, names: Iterable[str]) -> dict[str, dict]:
@@ -35,3 +35,14 @@ def every_variant(script: str, flag: str, names: Iterable[str]) -> dict[str, dic
     if failed:
         raise SystemExit(f"variants failed: {failed}")
     return results
+
+
+def variants_or_one(script: str, args: Any, variants: Iterable[str],
+                    measure: Callable[[Any], dict]) -> Optional[dict[str, dict]]:
+    """The figures of every variant, each measured by ``script --variant NAME`` in its own process (see
+    :func:`every_variant`); or, in such a process (``args.variant`` set), print ``measure(args)`` as its JSON
+    line and return None."""
+    if args.variant:
+        print(json.dumps(measure(args)))
+        return None
+    return every_variant(script, "--variant", variants)

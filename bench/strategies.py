@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from _common import every_variant  # noqa: E402  (bench/ is the script's folder)
+from _common import variants_or_one  # noqa: E402  (bench/ is the script's folder)
 
 VARIANTS = ("full", "lora", "moe_lora", "moe_lora_loop")
 
@@ -48,10 +48,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant in this process (used internally)")
     args = parser.parse_args()
-    if args.variant:
-        print(json.dumps(measure(args)))
+    results = variants_or_one(__file__, args, VARIANTS, measure)
+    if results is None:
         return
-    results = every_variant(__file__, "--variant", VARIANTS)
     step = {name: r["median_step_s"] for name, r in results.items()}
     figures = {
         "model": {"hidden": args.hidden, "layers": args.layers, "seq": args.seq, "batch": args.batch,

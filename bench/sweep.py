@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from _common import every_variant  # noqa: E402  (bench/ is the script's folder)
+from _common import variants_or_one  # noqa: E402  (bench/ is the script's folder)
 
 VARIANTS = ("serial", "parallel")
 
@@ -38,10 +38,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, choices=(2, 4), default=4, help="trials in the grid")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant in this process (used internally)")
     args = parser.parse_args()
-    if args.variant:
-        print(json.dumps(measure(args)))
+    results = variants_or_one(__file__, args, VARIANTS, measure)
+    if results is None:
         return
-    results = every_variant(__file__, "--variant", VARIANTS)
     serial, parallel = results["serial"], results["parallel"]
     print(json.dumps({
         "cores": os.cpu_count(), "trials": args.trials, "steps_per_trial": args.steps,

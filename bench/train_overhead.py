@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from _common import every_variant  # noqa: E402  (bench/ is the script's folder)
+from _common import variants_or_one  # noqa: E402  (bench/ is the script's folder)
 
 VARIANTS = ("bare", "ray1", "ray2")
 PRESETS = {
@@ -64,10 +64,9 @@ def main() -> None:
             setattr(args, key, value)
     if args.log_every >= args.steps:
         parser.error("--log-every must be smaller than --steps (the steady window comes after it)")
-    if args.variant:
-        print(json.dumps(measure(args)))
+    results = variants_or_one(__file__, args, VARIANTS, measure)
+    if results is None:
         return
-    results = every_variant(__file__, "--variant", VARIANTS)
     bare, ray1, ray2 = (results[name] for name in VARIANTS)
     figures = {
         "model": {"preset": args.preset, "hidden": args.hidden, "layers": args.layers,
