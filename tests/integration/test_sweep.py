@@ -7,7 +7,6 @@ a user does (the session's Ray is stopped meanwhile); the other sweeps run in th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

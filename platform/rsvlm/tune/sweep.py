@@ -153,7 +153,7 @@ def run_sweep(job: JobConfig) -> SweepResult:
 
     base = to_dict(job)
     outcomes = [_outcome(job, base, name, storage, manifest, result) for result in grid]
-    _close_trial_runs(job, storage, outcomes)
+    _close_trial_runs(job, outcomes)
     best = best_trial(outcomes, job.sweep.mode)
     result = SweepResult(name, parent_run_id, outcomes, best)
     if best is not None and best.run_id and best.checkpoint_uri:
@@ -244,7 +244,8 @@ def _outcome(job: JobConfig, base: dict[str, Any], sweep_name: str, storage: Sto
     trial_id = Path(result.path).name
     run_name = trial_run_name(sweep_name, trial_id)
     trial = trial_job(base, result.config, run_name)
-    record = read_record(storage, run_record_uri(trial, storage, run_name))
+    record_uri = run_record_uri(trial, storage, run_name)
+    record = read_record(storage, record_uri)
     metrics = result.metrics or {}
     if result.error is not None:
         status = FAILED
@@ -257,27 +258,25 @@ def _outcome(job: JobConfig, base: dict[str, Any], sweep_name: str, storage: Sto
     checkpoint_uri = record.checkpoint_uri
     if checkpoint_uri is None and metrics.get("checkpoint_path"):
         path = metrics["checkpoint_path"]
-        checkpoint_uri = "s3://" + path if is_remote(job.train.storage_uri) else path
+        checkpoint_uri = "s3://" + path if is_remote(trial.train.storage_uri) else path
     value = metrics.get(job.sweep.metric)
     error = None
     if result.error is not None:
         error = mask_url_credentials(str(result.error).strip().splitlines()[-1])[:500]
+    if status == COMPLETED and not record.finished:
+        # The trial's process was ended before it could say so itself: a re-run must not resume it.
+        storage.write_text(record_uri, json.dumps(asdict(replace(record, finished=True,
+                                                                 checkpoint_uri=checkpoint_uri))) + "\n")
     return TrialOutcome(trial_id, run_name, status, flat_values(result.config),
                         float(value) if value is not None else None,
                         int(metrics["step"]) if metrics.get("step") is not None else None,
                         record.mlflow_run_id, checkpoint_uri, error)
 
 
-def _close_trial_runs(job: JobConfig, storage: Storage, outcomes: list[TrialOutcome]) -> None:
-    """Record how each trial ended: in its run record, and in its MLflow run (a trial the scheduler stopped
-    had its process ended, which left the run RUNNING)."""
+def _close_trial_runs(job: JobConfig, outcomes: list[TrialOutcome]) -> None:
+    """Mark each trial's MLflow run with how it ended (a trial the scheduler stopped had its process ended,
+    which left the run RUNNING)."""
     for outcome in outcomes:
-        if outcome.status == COMPLETED:
-            uri = run_record_uri(job, storage, outcome.run_name)
-            record = read_record(storage, uri)
-            if not record.finished:
-                storage.write_text(uri, json.dumps(asdict(replace(record, finished=True,
-                                                                  checkpoint_uri=outcome.checkpoint_uri))) + "\n")
         if outcome.run_id:
             run_id = outcome.run_id
             status = {COMPLETED: "FINISHED", STOPPED_EARLY: "KILLED", FAILED: "FAILED"}[outcome.status]
