@@ -71,7 +71,7 @@ def test_export_job_takes_a_checkpoint_folder(lora_checkpoint, tmp_path):
     _, checkpoint, inputs, expected = lora_checkpoint
     job = [sys.executable, "jobs/export.py", f"workdir={tmp_path}", "tracking=off", f"checkpoint={checkpoint}"]
     missing = subprocess.run(job, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "config error: output: required" in missing.stderr
+    assert missing.returncode == 2 and "error: output: required" in missing.stderr
     result = subprocess.run([*job, f"output={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr

@@ -11,6 +11,7 @@ import inspect
 import os
 import re
 import sys
+import traceback
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -18,9 +19,12 @@ from typing import Any, Callable, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from rsvlm.config.errors import ConfigError
+from rsvlm.errors import DEBUG_ENV, JobError, as_job_error
+from rsvlm.redaction import has_url_credentials, move_tracking_credentials
 from rsvlm.config.schema import JobConfig
 
-__all__ = ["ConfigError", "JobConfig", "as_config_error", "compose", "expand_shorthands", "from_dict", "hydra_main", "resolve", "to_dict", "conf_dir"]
+__all__ = ["ConfigError", "JobConfig", "JobError", "as_config_error", "compose", "conf_dir", "expand_shorthands", "from_dict",
+           "hydra_main", "protect_credentials", "report_error", "resolve", "to_dict"]
 
 _SCHEMA_NAME = "rsvlm_job_schema"
 
@@ -56,7 +60,11 @@ def resolve(cfg: DictConfig) -> JobConfig:
         raise ConfigError(", ".join(missing), "required, but no value is set (the YAML leaves it as ???)")
     merged = OmegaConf.merge(OmegaConf.structured(JobConfig), cfg)
     OmegaConf.resolve(merged)
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    job: JobConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    # A URI from the environment (MLFLOW_TRACKING_URI) may carry credentials too: they must not reach
+    # params, checkpoints (job_config.yaml) or registered models.
+    job.tracking.uri = move_tracking_credentials(job.tracking.uri)
+    return job
 
 
 def to_dict(job: JobConfig) -> dict[str, Any]:
@@ -109,38 +117,89 @@ def hydra_main(task: Callable[[JobConfig], Any], shorthands: Mapping[str, str] |
                shorthand_implies: tuple[str, ...] = ()) -> Callable[[], None]:
     """Decorate a job's ``main(cfg: JobConfig)`` as a Hydra app (``-m`` multirun included).
 
-    Hydra normally prints a multi-line report for a bad override; we let its exception through
-    (``HYDRA_FULL_ERROR``) and print the one line of :func:`as_config_error` instead. ``shorthands`` lets a
+    A failed job prints one line, ``error: <what>: <why> (<what to do>)``, and exits non-zero (2 for a
+    configuration mistake, else 1); ``RSVLM_DEBUG=1`` adds the traceback. Hydra's own report of a failed
+    job (``Error executing job with overrides: …``) never appears: the task's errors are caught before Hydra
+    sees them, and in a multirun the other combinations still run. Credentials in a URL on the command line
+    are taken out before Hydra records the overrides (:func:`protect_credentials`). ``shorthands`` lets a
     job accept short keys (``source=…`` for ``data.source=…``), see :func:`expand_shorthands`.
     """
     import hydra
 
     register_schema()
     config_path = str(conf_dir())
+    failures: list[BaseException] = []
 
     @functools.wraps(task)
     def run_task(cfg: DictConfig) -> Any:
-        job = resolve(cfg)
-        job.tracking.tags.update(multirun_tags())
-        return task(job)
+        try:
+            job = resolve(cfg)
+            job.tracking.tags.update(multirun_tags())
+            return task(job)
+        except Exception as exc:  # noqa: BLE001 - reported as one line below
+            failures.append(exc)
+            report_error(exc)
+            return None
 
     app = hydra.main(config_path=config_path, config_name="config", version_base="1.3")(run_task)
 
     def entry() -> None:
+        # Hydra's exceptions come through untouched; report_error turns them into one line.
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-        if shorthands:
-            sys.argv[1:] = expand_shorthands(sys.argv[1:], shorthands, shorthand_implies)
         try:
+            args = sys.argv[1:]
+            if shorthands:
+                args = expand_shorthands(args, shorthands, shorthand_implies)
+            sys.argv[1:] = protect_credentials(args)
             app()
         except Exception as exc:  # noqa: BLE001
-            error = as_config_error(exc)
-            if error is None:
-                raise
-            print(error, file=sys.stderr)
-            sys.exit(2)
+            sys.exit(report_error(exc))
+        if failures:
+            sys.exit(max(getattr(error, "exit_code", 1) for error in map(_as_job_error, failures)))
 
     entry.__doc__ = inspect.getdoc(task)
     return entry
+
+
+def _as_job_error(exc: BaseException) -> JobError:
+    return as_config_error(exc) or as_job_error(exc)
+
+
+def report_error(exc: BaseException) -> int:
+    """Print ``error: <one line>`` for ``exc`` on stderr (and its traceback with ``RSVLM_DEBUG=1``); the
+    exit code to use."""
+    error = _as_job_error(exc)
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    return error.exit_code
+
+
+# Command-line keys whose URL may carry credentials that are moved to MLflow's environment variables.
+_TRACKING_URI_KEYS = ("tracking.uri", "+tracking.uri", "++tracking.uri")
+
+
+def protect_credentials(args: list[str]) -> list[str]:
+    """Command-line overrides with no credentials left in them, before Hydra writes them to its output folder.
+
+    ``tracking.uri=http://user:pass@host`` becomes ``tracking.uri=http://host``, the credentials moving to
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (where MLflow reads them; a warning says so).
+    Credentials in any other value are refused: no other setting has a place to move them to.
+    """
+    protected = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and has_url_credentials(value):
+            if key not in _TRACKING_URI_KEYS:
+                raise JobError(key.lstrip("+~"), "the value holds credentials (user:password@ in a URL), which "
+                               "would be written to logs, Hydra's output folder and MLflow",
+                               "remove them: S3 keys come from the AWS environment, MLflow's from "
+                               "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+            arg = f"{key}={move_tracking_credentials(value)}"
+            print("warning: tracking.uri: the credentials in the URI were moved to MLFLOW_TRACKING_USERNAME / "
+                  "MLFLOW_TRACKING_PASSWORD for this job; set those variables instead", file=sys.stderr)
+        protected.append(arg)
+    return protected
 
 
 def multirun_tags() -> dict[str, str]:

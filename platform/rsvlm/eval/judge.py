@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from rsvlm.config.errors import ConfigError
 from rsvlm.config.schema import JudgeConfig
-from rsvlm.tracking.params import MASK, mask_url_credentials
+from rsvlm.redaction import MASK, mask_url_credentials
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,13 @@ import re
 from enum import Enum
 from typing import Any, Mapping
 
+from rsvlm.redaction import MASK, mask_url_credentials
+
 # MLflow 3.x rejects a param value longer than this (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_VALUE_LENGTH = 6000
 # Tags allow longer values (mlflow.utils.validation.MAX_TAG_VAL_LENGTH).
 MAX_TAG_VALUE_LENGTH = 8000
 
-MASK = "***"
 TRUNCATION_MARKER = "...[truncated]"
 
 # Leaf keys that carry secrets, matched case-insensitively. ``secret``, ``password``/``passwd`` and
@@ -31,19 +32,11 @@ _SECRET_KEY_RE = re.compile(
     r"secret|passw(or)?d|credential|(api|access|secret|session)[_\-.]?key|token$",
     re.IGNORECASE,
 )
-# ``scheme://user:password@host``: the userinfo part is replaced, the rest of the URL is kept because the
-# host/bucket is useful to know. Also catches ``scheme://token@host`` (userinfo without a colon).
-_URL_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
 
 
 def is_secret_key(key: str) -> bool:
     """True when a (leaf) config key names a secret, e.g. ``secret_access_key`` or ``hf_token``."""
     return bool(_SECRET_KEY_RE.search(key))
-
-
-def mask_url_credentials(value: str) -> str:
-    """Replace the credentials of every ``scheme://user:pass@host`` in ``value`` by ``***``."""
-    return _URL_USERINFO_RE.sub(lambda m: f"{m.group('scheme')}{MASK}@", value)
 
 
 def truncate(value: str, max_length: int = MAX_PARAM_VALUE_LENGTH) -> str:
