@@ -1,7 +1,9 @@
 """Promote the `candidate` model version to `champion` when it wins on the benchmark's primary metric.
 
-Evaluate both first (jobs/evaluate.py writes each version's scores as model-version tags). A missing
-champion is replaced by the candidate; on a tie the champion stays.
+Evaluate both first with jobs/evaluate.py model_uri=models:/<name>@<alias>: only such an evaluation of the
+registered version itself counts (its run is checked: rsvlm.eval.source=model_version, the same name and
+version); an answer file scored with predictions= never does. A missing champion, or one without such a
+score, is replaced by the candidate; on a tie the champion stays.
 
 Local:
     python jobs/register.py benchmark=synthetic
@@ -19,9 +21,9 @@ CHAMPION = "champion"
 
 def run(job: JobConfig) -> Promotion:
     """Compare ``tracking.alias`` (the candidate) with ``champion`` and move ``champion`` if the candidate wins."""
-    metric = f"eval/{job.benchmark.name}/{job.benchmark.primary_metric}"
-    promotion = promote_if_better(job.tracking.uri, job.registered_model_name, metric,
-                                  candidate_alias=job.tracking.alias, champion_alias=CHAMPION)
+    promotion = promote_if_better(job.tracking.uri, job.registered_model_name, job.benchmark.name,
+                                  job.benchmark.primary_metric, candidate_alias=job.tracking.alias,
+                                  champion_alias=CHAMPION)
     print(promotion.summary)
     return promotion
 

@@ -1,22 +1,45 @@
 """jobs/evaluate.py beyond the synthetic split: answers through Ray Data actors equal the in-process ones,
-and published answer files of every benchmark kind are scored without a model (`predictions=`)."""
+published answer files of every benchmark kind are scored without a model (`predictions=`) against the
+benchmark's own questions, such a score can never promote a model, and the job's mistakes are one line."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from rsvlm.data.prepare import prepare_dataset
+from rsvlm.errors import JobError
 from rsvlm.eval.evaluate import BASE_MODEL, evaluate_model, evaluate_predictions
+from support import checkpoint_folder
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def _questions(path, answer_rows):
+    """The benchmark questions file the answer rows answer: the same ids, categories and ground truths, each
+    row with its own question text (rotations of one id differ by their text)."""
+    return _write(path, [{"question_id": r["question_id"], "image": f"{r['question_id']}.png",
+                          "text": r.get("question", f"question {r['question_id']} row {i}"),
+                          "category": r["category"], "ground_truth": r["ground_truth"]}
+                         for i, r in enumerate(answer_rows)])
+
+
+def _job_lines(*args, env=None, timeout=300):
+    """Run a job as a user types it; ``(exit code, non-blank stderr lines, stdout)``."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    return result.returncode, [line for line in result.stderr.splitlines() if line.strip()], result.stdout
 
 
 def test_ray_data_actors_answer_like_the_in_process_path(tmp_path, local_ray):
@@ -61,7 +84,9 @@ def test_published_answer_files_are_scored_without_a_model(benchmark, rows, expe
     from rsvlm.config import compose
 
     answers = _write(tmp_path / "answers.jsonl", rows)
-    job = compose([f"workdir={tmp_path}", f"benchmark={benchmark}", f"benchmark.predictions={answers}"])
+    questions = _questions(tmp_path / "questions.jsonl", rows)
+    job = compose([f"workdir={tmp_path}", f"benchmark={benchmark}", f"benchmark.predictions={answers}",
+                   f"benchmark.questions={questions}"])
     evaluation = evaluate_predictions(job)
     for key, value in expected.items():
         assert evaluation.metrics[key] == pytest.approx(value), key
@@ -71,6 +96,8 @@ def test_published_answer_files_are_scored_without_a_model(benchmark, rows, expe
     assert {f"eval/{benchmark}/report.html", f"eval/{benchmark}/predictions.jsonl"} <= logged
     assert "<table" in (evaluation.predictions_path.parent / "report.html").read_text()
     assert run.data.metrics[f"eval/{benchmark}/{next(iter(expected))}"] == pytest.approx(next(iter(expected.values())))
+    assert run.data.metrics[f"eval/{benchmark}/missing_answers"] == 0
+    assert run.data.tags["rsvlm.eval.source"] == "answer_file"
 
 
 def test_caption_answer_file_scores_through_the_job_command_line(tmp_path):
@@ -82,8 +109,11 @@ def test_caption_answer_file_scores_through_the_job_command_line(tmp_path):
                 ("a ship on the water", ["several boats are docked in a harbor"]),
             ])]
     answers = _write(tmp_path / "answers.jsonl", rows)
+    (tmp_path / "benchmarks" / "UCM-captions").mkdir(parents=True)
+    _questions(tmp_path / "benchmarks" / "UCM-captions" / "questions.jsonl", rows)
     result = subprocess.run([sys.executable, "jobs/evaluate.py", f"workdir={tmp_path}", "benchmark=ucm_captions",
-                             f"predictions={answers}", "tracking=off"], capture_output=True, text=True, timeout=300)
+                             f"predictions={answers}", "tracking=off"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "RSVLM_BENCHMARKS": str(tmp_path / "benchmarks")})
     assert result.returncode == 0, result.stderr[-3000:]
     # The job prints its metrics as one indented JSON object (after any log lines).
     metrics = json.loads(result.stdout[result.stdout.index("{\n"):result.stdout.rindex("}") + 1])
@@ -95,9 +125,11 @@ def test_caption_answer_file_scores_through_the_job_command_line(tmp_path):
 def test_an_answer_file_missing_fields_is_named(tmp_path):
     from rsvlm.config import compose
 
-    answers = _write(tmp_path / "answers.jsonl", [{"question_id": 1, "answer": "yes"}])
-    job = compose([f"workdir={tmp_path}", "benchmark=rsvqa_lr", f"benchmark.predictions={answers}", "tracking=off"])
-    with pytest.raises(ValueError, match=r"answers.jsonl:1: answer row lacks \['category', 'ground_truth'\]"):
+    answers = _write(tmp_path / "answers.jsonl", [{"question_id": 1, "answer": "yes"}, {"question_id": 2}])
+    questions = _questions(tmp_path / "questions.jsonl", VQA)
+    job = compose([f"workdir={tmp_path}", "benchmark=rsvqa_lr", f"benchmark.predictions={answers}",
+                   f"benchmark.questions={questions}", "tracking=off"])
+    with pytest.raises(JobError, match=r"answers.jsonl:2: answer row lacks \['answer'\]"):
         evaluate_predictions(job)
 
 
@@ -131,8 +163,10 @@ def test_open_ended_answers_get_judge_scores_in_the_metrics_and_the_predictions(
             {"question_id": 2, "category": "presence", "question": "Is there a ship?", "answer": "yes",
              "ground_truth": "yes"}]
     answers = _write(tmp_path / "answers.jsonl", rows)
+    questions = _questions(tmp_path / "questions.jsonl", rows)
     try:
         job = compose([f"workdir={tmp_path}", f"benchmark.predictions={answers}", "tracking=off",
+                       f"benchmark.questions={questions}",
                        f"benchmark.judge.url=http://127.0.0.1:{server.server_port}/v1"])
         evaluation = evaluate_predictions(job)
     finally:
@@ -143,3 +177,135 @@ def test_open_ended_answers_get_judge_scores_in_the_metrics_and_the_predictions(
     judged = [json.loads(line) for line in evaluation.predictions_path.read_text().splitlines()][0]
     assert (judged["judge_reference_score"], judged["judge_candidate_score"]) == (8, 6)
     assert "sk-test-judge" not in evaluation.predictions_path.read_text()
+
+
+# ------------------------------------------------------------------------- answer files never promote a model
+
+
+def _champion_and_candidate(job, tmp_path) -> str:
+    """Versions 1 (@champion) and 2 (@candidate) of the job's registered model; returns its name."""
+    from rsvlm.tracking import create_run, make_logger, register_model_version, set_alias
+
+    run_id = create_run(job.tracking, "train")
+    make_logger(job.tracking.uri, run_id, True).log_artifacts(str(checkpoint_folder(tmp_path / "ckpt")), "checkpoint")
+    name = job.registered_model_name
+    assert register_model_version(job.tracking.uri, name, run_id, "checkpoint") == "1"
+    set_alias(job.tracking.uri, name, "champion", "1")
+    assert register_model_version(job.tracking.uri, name, run_id, "checkpoint", alias="candidate") == "2"
+    return name
+
+
+def test_only_an_evaluation_of_the_registered_version_itself_can_promote_it(tmp_path, monkeypatch):
+    """A perfect answer file (predictions=) is scored and logged, but is no model version's score: it cannot
+    move @champion, not even with its score and run copied onto the candidate by hand."""
+    from rsvlm.config import compose
+    from rsvlm.tracking.promotion import promote_if_better
+
+    questions = _questions(tmp_path / "questions.jsonl", VQA)
+    perfect = _write(tmp_path / "perfect.jsonl", [{**row, "answer": row["ground_truth"]} for row in VQA])
+    common = [f"workdir={tmp_path}", "benchmark=rsvqa_lr", f"benchmark.questions={questions}",
+              "tracking.registered_model=rs-promo"]
+    job = compose(common)
+    name = _champion_and_candidate(job, tmp_path)
+    client = MlflowClient(tracking_uri=job.tracking.uri)
+    # Evaluations of model versions, with the generation replaced (no model is needed to test promotion).
+    monkeypatch.setattr("rsvlm.eval.evaluate.answer_questions", lambda job, uri, questions: ["no", "no", "0"])
+    assert evaluate_model(job, f"models:/{name}@champion").metrics["OA"] == 0.0
+
+    scored = evaluate_predictions(compose([*common, f"benchmark.predictions={perfect}"]))
+    assert scored.metrics["OA"] == 1.0
+    assert client.get_run(scored.run_id).data.tags["rsvlm.eval.source"] == "answer_file"
+    assert not [key for key in client.get_model_version(name, "2").tags if key.startswith("eval/")]
+    with pytest.raises(JobError, match=r"^models:/rs-promo@candidate \(v2\): no verified eval/rsvqa_lr/OA score: "
+                                       r"rs-promo v2 was never evaluated on rsvqa_lr \(.*python jobs/evaluate.py "
+                                       r"model_uri=models:/rs-promo@candidate benchmark=rsvqa_lr\)$"):
+        promote_if_better(job.tracking.uri, name, "rsvqa_lr", "OA")
+
+    for key, value in {"eval/rsvqa_lr/OA": "1.0", "eval/rsvqa_lr/run_id": scored.run_id}.items():
+        client.set_model_version_tag(name, "2", key, value)
+    with pytest.raises(JobError, match=r"is not an evaluation of rs-promo v2 \(source: answer_file"):
+        promote_if_better(job.tracking.uri, name, "rsvqa_lr", "OA")
+    code, lines, _ = _job_lines("jobs/register.py", *common)
+    assert code == 1, lines
+    assert len(lines) == 1 and lines[0].startswith("error: models:/rs-promo@candidate (v2): no verified"), lines
+    assert str(client.get_registered_model(name).aliases["champion"]) == "1"
+
+    # An evaluation of v2 itself that beats the champion's (2/3 > 0) does promote it.
+    monkeypatch.setattr("rsvlm.eval.evaluate.answer_questions", lambda job, uri, questions: ["yes", "no", "3"])
+    assert evaluate_model(job, f"models:/{name}@candidate").model_version == "2"
+    promotion = promote_if_better(job.tracking.uri, name, "rsvqa_lr", "OA")
+    assert promotion.promoted and promotion.candidate_score == pytest.approx(2 / 3)
+    assert promotion.previous_champion_score == 0.0
+    assert str(client.get_registered_model(name).aliases["champion"]) == "2"
+
+
+# ------------------------------------------------------------------------------- one-line errors of the jobs
+
+
+def test_a_duplicate_answer_stops_the_job_with_one_line_naming_file_and_line(tmp_path):
+    questions = _questions(tmp_path / "questions.jsonl", VQA)
+    answers = _write(tmp_path / "answers.jsonl", [{**VQA[0], "answer": "yes"}] * 3 + VQA[1:])
+    code, lines, _ = _job_lines("jobs/evaluate.py", f"workdir={tmp_path}", "benchmark=rsvqa_lr", "tracking=off",
+                                f"benchmark.questions={questions}", f"predictions={answers}")
+    assert code == 1
+    assert lines == [f"error: {answers}:2: question_id 1 (category 'presence') is answered again (already at "
+                     f"line 1) (keep one answer per benchmark question)"]
+    assert not (tmp_path / "eval").exists()  # nothing written
+
+
+def test_unknown_models_aliases_and_missing_benchmark_files_are_one_line_each(tmp_path):
+    from rsvlm.config import compose
+    from rsvlm.tracking import create_run, make_logger, register_model_version
+
+    tracking = f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"
+    job = compose([f"workdir={tmp_path}", tracking])
+    run_id = create_run(job.tracking, "train")
+    make_logger(job.tracking.uri, run_id, True).log_artifacts(str(checkpoint_folder(tmp_path / "ckpt")), "checkpoint")
+    register_model_version(job.tracking.uri, "rs-known", run_id, "checkpoint", alias="candidate")
+    nowhere = tmp_path / "nowhere"
+    common = [f"workdir={tmp_path}", tracking]
+    cases = [
+        (["jobs/evaluate.py", *common, "model_uri=models:/nope@candidate"], {},
+         f"error: models:/nope@candidate: no registered model 'nope' in sqlite:///{tmp_path}/mlflow.db (registered "
+         f"models: ['rs-known']) (python jobs/finetune.py model=<model> strategy=<strategy> registers "
+         f"rsvlm-<model>-<strategy>@candidate (tracking.registered_model=NAME registers another name), or set "
+         f"tracking.uri to the MLflow store that holds it)"),
+        (["jobs/evaluate.py", *common, "model_uri=models:/rs-known@champion"], {},
+         "error: models:/rs-known@champion: registered model 'rs-known' has no alias 'champion' (available "
+         "aliases: {'candidate': '1'}) (@candidate is set by python jobs/finetune.py or jobs/sweep.py, @champion "
+         "by python jobs/register.py; or name a version: models:/rs-known/<version>)"),
+        (["jobs/evaluate.py", *common, "benchmark=fitrsrc", "model_uri=models:/rs-known@candidate"],
+         {"RSVLM_BENCHMARKS": str(nowhere)},
+         f"error: {nowhere}/FIT-RSRC/questions.jsonl: benchmark fitrsrc: questions file not found (benchmark files "
+         f"are read from $RSVLM_BENCHMARKS ({nowhere}, which does not exist): put FIT-RSRC/questions.jsonl there, "
+         f"point $RSVLM_BENCHMARKS at the folder that holds it, or set benchmark.questions=PATH)"),
+        (["jobs/evaluate.py", *common, "model_uri=models:/rs-known@candidate", "predictions=answers.jsonl"], {},
+         "error: model_uri: given together with predictions=answers.jsonl: an answer file is scored on its own, "
+         "without a model (drop model_uri= to score the file, or drop predictions= to evaluate the model)"),
+        (["jobs/register.py", *common], {},
+         f"error: models:/rsvlm-tiny-lora@candidate: no registered model 'rsvlm-tiny-lora' in "
+         f"sqlite:///{tmp_path}/mlflow.db (registered models: ['rs-known']) (python jobs/finetune.py model=tiny "
+         f"strategy=lora registers rsvlm-tiny-lora@candidate, or set tracking.uri to the MLflow store that holds it)"),
+    ]
+    for args, env, expected in cases:
+        code, lines, _ = _job_lines(*args, env=env)
+        assert (code, lines) == (1, [expected]), args
+
+
+def test_a_missing_benchmark_folder_is_one_line_for_an_answer_file_too(tmp_path, monkeypatch):
+    from rsvlm.config import compose
+
+    monkeypatch.delenv("RSVLM_BENCHMARKS", raising=False)
+    answers = _write(tmp_path / "answers.jsonl", CIRCULAR)
+    job = compose([f"workdir={tmp_path}", "benchmark=fitrsrc", f"benchmark.predictions={answers}", "tracking=off"])
+    with pytest.raises(JobError) as caught:
+        evaluate_predictions(job)
+    assert str(caught.value) == (
+        f"{tmp_path}/benchmarks/FIT-RSRC/questions.jsonl: benchmark fitrsrc: questions file not found "
+        f"($RSVLM_BENCHMARKS is not set, so benchmark files are read from <workdir>/benchmarks "
+        f"({tmp_path}/benchmarks, which does not exist): put FIT-RSRC/questions.jsonl there, point "
+        f"$RSVLM_BENCHMARKS at the folder that holds it, or set benchmark.questions=PATH)")
+    with pytest.raises(JobError, match=r"answers-missing.jsonl: answer file not found"):
+        evaluate_predictions(compose([f"workdir={tmp_path}", "benchmark=rsvqa_lr", "tracking=off",
+                                      f"benchmark.questions={_questions(tmp_path / 'q.jsonl', VQA)}",
+                                      f"benchmark.predictions={tmp_path / 'answers-missing.jsonl'}"]))

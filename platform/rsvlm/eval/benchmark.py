@@ -2,17 +2,22 @@
 
 Questions JSONL: ``{question_id, image, text|question, category, ground_truth}``; predictions JSONL adds
 ``image_id`` and ``answer`` (the format the GeoChat / SkySenseGPT evaluation scripts read).
+
+An existing answer file is never scored on its own: :func:`join_answers` joins it to the benchmark's own
+questions file, and the score comes only from the benchmark's ground truth (see there for the join key).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from rsvlm.config.schema import BenchmarkConfig, BenchmarkKind
 from rsvlm.data.boxes import BoxConvention, parse_boxes
+from rsvlm.errors import JobError
 from rsvlm.eval.metrics import (
     caption_scores,
     choice_accuracy,
@@ -29,6 +34,13 @@ GROUNDING_TYPES = ("grounding",)
 CHOICE_TYPES = ("relation",)
 
 
+class BenchmarkFileError(JobError, ValueError):
+    """A questions or answer file cannot be used: names the file and line, the problem and what to do."""
+
+
+_ANSWER_FORMAT = "one JSON object a line: question_id, answer, and category where ids repeat across categories"
+
+
 def _jsonl_rows(text: str, file_name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line; bad JSON names the file and line."""
     for number, line in enumerate(text.splitlines(), start=1):
@@ -37,9 +49,9 @@ def _jsonl_rows(text: str, file_name: str) -> Iterator[tuple[int, dict[str, Any]
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{file_name}:{number}: invalid JSON: {exc.msg}") from exc
+            raise BenchmarkFileError(f"{file_name}:{number}", f"invalid JSON: {exc.msg}") from exc
         if not isinstance(row, dict):
-            raise ValueError(f"{file_name}:{number}: expected a JSON object, got {type(row).__name__}")
+            raise BenchmarkFileError(f"{file_name}:{number}", f"expected a JSON object, got {type(row).__name__}")
         yield number, row
 
 
@@ -49,7 +61,9 @@ def read_questions(text: str, file_name: str, limit: Optional[int] = None) -> li
     for number, row in _jsonl_rows(text, file_name):
         missing = [key for key in ("question_id", "category", "ground_truth") if key not in row]
         if missing or not ("text" in row or "question" in row):
-            raise ValueError(f"{file_name}:{number}: question row lacks {missing or ['text|question']}")
+            raise BenchmarkFileError(f"{file_name}:{number}", f"question row lacks {missing or ['text|question']}",
+                                     "benchmark files have question_id, image, text|question, category, "
+                                     "ground_truth")
         row.setdefault("text", row.get("question"))
         rows.append(row)
         if limit is not None and len(rows) >= limit:
@@ -57,19 +71,111 @@ def read_questions(text: str, file_name: str, limit: Optional[int] = None) -> li
     return rows
 
 
-def read_answers(text: str, file_name: str) -> list[dict[str, Any]]:
-    """Rows of an answer file in the public format (``question_id, answer, category, ground_truth``, and
-    ``question``/``text`` where the metric reads it)."""
+def read_answers(text: str, file_name: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of an answer file in the public format. Only ``question_id`` and ``answer`` are
+    required; ``category`` and ``question``/``text`` help :func:`join_answers` find the benchmark row, and
+    ``ground_truth`` is never used for scoring."""
     rows = []
     for number, row in _jsonl_rows(text, file_name):
-        missing = [key for key in ("question_id", "answer", "category", "ground_truth") if key not in row]
+        missing = [key for key in ("question_id", "answer") if key not in row]
         if missing:
-            raise ValueError(f"{file_name}:{number}: answer row lacks {missing}")
-        row.setdefault("question", row.get("text"))
-        rows.append(row)
+            raise BenchmarkFileError(f"{file_name}:{number}", f"answer row lacks {missing}", _ANSWER_FORMAT)
+        rows.append((number, row))
     if not rows:
-        raise ValueError(f"{file_name}: no answers to score")
+        raise BenchmarkFileError(file_name, "no answers to score", _ANSWER_FORMAT)
     return rows
+
+
+@dataclass
+class JoinedAnswers:
+    """An answer file joined to a benchmark's questions (:func:`join_answers`)."""
+
+    # One row per scored question, in the benchmark's order: the benchmark's question_id, image, question,
+    # category and ground_truth, with the file's answer ("" and ``"missing": true`` where it has none).
+    rows: list[dict[str, Any]]
+    # Scored questions the file does not answer; they are scored as wrong.
+    missing: int
+    # Answers to benchmark questions past ``benchmark.limit``: known, but not scored.
+    beyond_limit: int
+    # Answer rows whose own ``ground_truth`` differs from the benchmark's (it is ignored either way).
+    ground_truth_differs: int
+
+
+def join_answers(questions: Sequence[Mapping[str, Any]], answers: Sequence[tuple[int, Mapping[str, Any]]],
+                 answers_name: str, questions_name: str, limit: Optional[int] = None) -> JoinedAnswers:
+    """Join an answer file's ``(line, row)`` pairs to the benchmark's ``questions`` (all rows of its file).
+
+    The join key is ``(category, question_id)``, compared as text (``3`` and ``"3"`` are one id); ``category``
+    may be left out of an answer row when its id is in one category only. Ids are not unique by themselves:
+    some benchmarks restart them in every category, and CircularEval benchmarks (FIT-RSRC, the synthetic
+    split's relation questions) have one row per rotation of the options under one ``(category,
+    question_id)``. Within such a group an answer goes to the rotation whose question text equals its
+    ``question``/``text``, else to the group's first rotation not answered yet, so files that keep the
+    benchmark's row order (every answer-writing script, ours included) join without the text.
+
+    Refused, naming ``answers_name:line``: an id (or category) the benchmark does not have, and a second
+    answer to the same row (more answers than the group has rows). Scored are the first ``limit`` benchmark
+    rows (all when None), as a model evaluation would answer them; unanswered ones get the answer ``""``
+    and count as wrong. Every field of the scored rows but ``answer`` comes from the benchmark: the answer
+    file's ``ground_truth`` is ignored rather than checked, because the score must not depend on it and
+    published files write it differently (ints for strings, one caption for a list); rows where it differs
+    are only counted (``ground_truth_differs``), as a sign the file was made for another benchmark version.
+    """
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    categories: dict[str, list[str]] = defaultdict(list)
+    for index, question in enumerate(questions):
+        key = (str(question["category"]), str(question["question_id"]))
+        if not groups[key]:
+            categories[key[1]].append(key[0])
+        groups[key].append(index)
+    answered: dict[int, tuple[int, Any]] = {}  # benchmark row -> (answer file line, answer)
+    differs = 0
+    for line, row in answers:
+        where = f"{answers_name}:{line}"
+        question_id = str(row["question_id"])
+        known = categories.get(question_id, [])
+        if row.get("category") is not None:
+            category = str(row["category"])
+        elif len(known) == 1:
+            category = known[0]
+        elif known:
+            raise BenchmarkFileError(where, f"question_id {question_id} is in several categories of the benchmark "
+                                            f"({', '.join(known)})", "give the answer row its category")
+        else:
+            category = None
+        group = groups.get((category, question_id)) if category is not None else None
+        if group is None:
+            why = f"question_id {question_id}" + (f" (category {category!r})" if category is not None else "")
+            why += f" is not in the benchmark {questions_name}"
+            if known:
+                why += f"; there its category is {' or '.join(repr(c) for c in known)}"
+            raise BenchmarkFileError(where, why, "score only answers to this benchmark's questions, or set "
+                                                 "benchmark.questions to the questions file these answers are for")
+        text = row.get("question", row.get("text"))
+        candidates = [i for i in group if text is not None and questions[i]["text"] == text] or group
+        free = [i for i in candidates if i not in answered]
+        if not free:
+            lines = ", ".join(str(answered[i][0]) for i in candidates)
+            rotations = f"; the benchmark has {len(group)} rows (rotations) for it" if len(group) > 1 else ""
+            raise BenchmarkFileError(where, f"question_id {question_id} (category {category!r}) is answered again "
+                                            f"(already at line {lines}){rotations}",
+                                     "keep one answer per benchmark question")
+        index = free[0]
+        answered[index] = (line, row["answer"])
+        if "ground_truth" in row and not _same_truth(row["ground_truth"], questions[index]["ground_truth"]):
+            differs += 1
+    scored = list(questions[:limit] if limit is not None else questions)
+    rows = prediction_rows(scored, ["" if index not in answered or answered[index][1] is None
+                                    else answered[index][1] for index in range(len(scored))])
+    for index, row in enumerate(rows):
+        if index not in answered:
+            row["missing"] = True
+    return JoinedAnswers(rows, missing=len(scored) - sum(index < len(scored) for index in answered),
+                         beyond_limit=sum(index >= len(scored) for index in answered), ground_truth_differs=differs)
+
+
+def _same_truth(a: Any, b: Any) -> bool:
+    return a == b or str(a).strip() == str(b).strip()
 
 
 def prediction_rows(questions: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[dict[str, Any]]:

@@ -1,10 +1,16 @@
 """Evaluate a model (registered, a run's checkpoint, a folder, or the untrained base) on a benchmark, or score
-an existing answer file."""
+an existing answer file against the benchmark's own questions and ground truth.
+
+Only an evaluation of a registered model version writes scores on that version (the tags promotion reads);
+an answer file's score is logged as its own run, tagged ``rsvlm.eval.source=answer_file``, and never reaches
+the registry.
+"""
 
 from __future__ import annotations
 
 import json
-import re
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -12,19 +18,23 @@ from typing import Any, Optional
 from rsvlm.config.schema import JobConfig
 from rsvlm.data.prepare import read_prepared_records
 from rsvlm.data.images import open_rgb
-from rsvlm.data.storage import Storage, resolve_inside
+from rsvlm.data.storage import Storage, join, resolve_inside
 from rsvlm.eval.answering import BASE_MODEL, answer_questions
 from rsvlm.eval.judge import JUDGE_CATEGORIES, judge_answers
 from rsvlm.eval.report import write_report
-from rsvlm.eval.benchmark import (majority_answers, prediction_rows, read_answers, read_questions,
+from rsvlm.eval.benchmark import (join_answers, majority_answers, prediction_rows, read_answers, read_questions,
                                   score_predictions, write_jsonl)
+from rsvlm.errors import JobError
 from rsvlm.tracking import create_run, finish_run, make_logger, pin_model_uri
-from rsvlm.tracking.promotion import set_model_version_tags
+from rsvlm.tracking.promotion import (EVAL_SOURCE_TAG, SOURCE_ANSWER_FILE, SOURCE_MODEL, SOURCE_MODEL_VERSION,
+                                      metric_key, set_model_version_tags)
 
 __all__ = ["BASE_MODEL", "Evaluation", "evaluate_blind_baseline", "evaluate_model", "evaluate_predictions"]
 
-# MLflow metric names allow letters, digits, _ - . / and spaces; category names from data may hold more.
-_METRIC_NAME_UNSAFE = re.compile(r"[^\w\-. /]")
+_log = logging.getLogger(__name__)
+
+# Where benchmark files are looked for (conf/benchmark/*.yaml): $RSVLM_BENCHMARKS, else <workdir>/benchmarks.
+BENCHMARKS_ENV = "RSVLM_BENCHMARKS"
 
 
 @dataclass
@@ -58,14 +68,37 @@ def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None) 
 
 
 def evaluate_predictions(job: JobConfig, label: Optional[str] = None) -> Evaluation:
-    """Score the answer file ``benchmark.predictions`` (e.g. a published model's) without any model."""
-    path = job.benchmark.predictions
+    """Score the answer file ``benchmark.predictions`` (e.g. a published model's) without any model.
+
+    The file is joined to the benchmark's questions file (:func:`rsvlm.eval.benchmark.join_answers`): unknown
+    and repeated ids are refused with the file and line, the first ``benchmark.limit`` questions are scored,
+    each with the benchmark's ground truth (the file's own ``ground_truth`` is ignored), and questions the
+    file does not answer count as wrong; how many is the metric ``missing_answers``. The score is logged as
+    an evaluation of the answer file, never on a model version, so it cannot move an alias.
+    """
+    bench = job.benchmark
+    path = bench.predictions
     if not path:
-        raise ValueError("benchmark.predictions names no answer file to score")
-    rows = read_answers(Storage(job.storage).read_text(path), path)
-    evaluation = _record(job, label or Path(path).stem, rows)
+        raise JobError("benchmark.predictions", "names no answer file to score", "predictions=PATH")
+    storage = Storage(job.storage)
+    questions = read_questions(_benchmark_text(job, storage), bench.questions)
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError as exc:
+        raise JobError(path, "answer file not found", "predictions= names the answer file to score") from exc
+    joined = join_answers(questions, read_answers(text, path), path, bench.questions, bench.limit)
+    if joined.missing:
+        _log.warning("%s: %d of %d questions of %s have no answer and are scored as wrong (metric "
+                     "missing_answers)", path, joined.missing, len(joined.rows), bench.questions)
+    if joined.ground_truth_differs:
+        _log.warning("%s: %d answer rows carry a ground_truth that differs from the benchmark's; it is ignored, "
+                     "the benchmark's ground truth is scored", path, joined.ground_truth_differs)
+    if joined.beyond_limit:
+        _log.info("%s: %d answers are to questions past benchmark.limit=%s and are not scored", path,
+                  joined.beyond_limit, bench.limit)
+    evaluation = _record(job, label or Path(path).stem, joined.rows, {"missing_answers": float(joined.missing)})
     if job.tracking.enabled:
-        evaluation.run_id = _log_evaluation(job, evaluation, path)
+        evaluation.run_id = _log_evaluation(job, evaluation, path, answer_file=True)
     return evaluation
 
 
@@ -81,12 +114,39 @@ def evaluate_blind_baseline(job: JobConfig) -> Evaluation:
 
 def _benchmark_questions(job: JobConfig, storage: Storage) -> list[dict[str, Any]]:
     bench = job.benchmark
-    return read_questions(storage.read_text(bench.questions), bench.questions, bench.limit)
+    return read_questions(_benchmark_text(job, storage), bench.questions, bench.limit)
 
 
-def _record(job: JobConfig, label: str, rows: list[dict[str, Any]]) -> Evaluation:
+def _benchmark_text(job: JobConfig, storage: Storage) -> str:
+    """The benchmark's questions file; a missing one is a :class:`JobError` saying where it was looked for."""
+    bench = job.benchmark
+    try:
+        return storage.read_text(bench.questions)
+    except FileNotFoundError as exc:
+        raise JobError(bench.questions, f"benchmark {bench.name}: questions file not found",
+                       _where_benchmark_files_go(job, storage)) from exc
+
+
+def _where_benchmark_files_go(job: JobConfig, storage: Storage) -> str:
+    questions = job.benchmark.questions
+    env = os.environ.get(BENCHMARKS_ENV, "").rstrip("/")
+    default = join(job.workdir, "benchmarks")
+    for root, described in ((env, f"${BENCHMARKS_ENV} ({env}"), (default, f"<workdir>/benchmarks ({default}")):
+        if root and questions.startswith(root + "/"):
+            state = "" if storage.exists(root) else ", which does not exist"
+            unset = "" if root == env else f"${BENCHMARKS_ENV} is not set, so "
+            return (f"{unset}benchmark files are read from {described}{state}): put "
+                    f"{questions[len(root) + 1:]} there, point ${BENCHMARKS_ENV} at the folder that holds it, "
+                    f"or set benchmark.questions=PATH")
+    if job.benchmark.name == "synthetic":
+        return f"python jobs/prepare_data.py data=synthetic workdir={job.workdir} writes it"
+    return "set benchmark.questions to the benchmark's questions JSONL"
+
+
+def _record(job: JobConfig, label: str, rows: list[dict[str, Any]],
+            extra_metrics: Optional[dict[str, float]] = None) -> Evaluation:
     folder = Path(job.workdir) / "eval" / job.benchmark.name / label
-    metrics = score_predictions(rows, job.benchmark)
+    metrics = {**score_predictions(rows, job.benchmark), **(extra_metrics or {})}
     open_ended = [row for row in rows if row["category"] in JUDGE_CATEGORIES]
     if job.benchmark.judge.url and open_ended:
         # The seeds' 1–10 judge scores; each judged row keeps its scores and review in the predictions file.
@@ -105,18 +165,21 @@ def _record(job: JobConfig, label: str, rows: list[dict[str, Any]]) -> Evaluatio
     return Evaluation(label, metrics, predictions, metrics_path)
 
 
-def _log_evaluation(job: JobConfig, evaluation: Evaluation, model_uri: str) -> str:
-    tags = {"rsvlm.job": "evaluate", "rsvlm.benchmark": job.benchmark.name, "rsvlm.model_uri": model_uri}
+def _log_evaluation(job: JobConfig, evaluation: Evaluation, model_uri: str, answer_file: bool = False) -> str:
+    # What was scored: a registered model version (the only source promotion accepts), another model (a
+    # folder, a run's checkpoint, the base model) or an answer file.
+    source = SOURCE_ANSWER_FILE if answer_file else SOURCE_MODEL_VERSION if evaluation.model_name else SOURCE_MODEL
+    tags = {"rsvlm.job": "evaluate", "rsvlm.benchmark": job.benchmark.name, "rsvlm.model_uri": model_uri,
+            EVAL_SOURCE_TAG: source}
     if evaluation.model_name:
         tags.update({"rsvlm.model_name": evaluation.model_name, "rsvlm.model_version": evaluation.model_version})
     run_id = create_run(job.tracking, f"eval-{job.benchmark.name}-{evaluation.label}", tags=tags)
     logger = make_logger(job.tracking.uri, run_id, True)
     prefix = f"eval/{job.benchmark.name}"
-    logger.log_metrics({_METRIC_NAME_UNSAFE.sub("_", f"{prefix}/{key}"): value
-                        for key, value in evaluation.metrics.items()}, 0)
+    logger.log_metrics({metric_key(f"{prefix}/{key}"): value for key, value in evaluation.metrics.items()}, 0)
     logger.log_artifacts(str(evaluation.predictions_path.parent), f"eval/{job.benchmark.name}")
     finish_run(job.tracking.uri, run_id, "FINISHED")
-    if evaluation.model_name:
+    if source == SOURCE_MODEL_VERSION:
         set_model_version_tags(job.tracking.uri, evaluation.model_name, evaluation.model_version,
                                {f"{prefix}/{key}": str(value) for key, value in evaluation.metrics.items()}
                                | {f"{prefix}/run_id": run_id})

@@ -33,7 +33,8 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
-from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config
+from rsvlm.errors import JobError
+from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url_credentials
 
 _NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 _ALREADY_EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
@@ -46,6 +47,21 @@ _RUNS_RE = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 _ACCEPTED_FORMS = (
     "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path>, file://<path> or a local folder"
 )
+# The registered-model names jobs/finetune.py and jobs/sweep.py make: rsvlm-<model>-<strategy>.
+_DEFAULT_NAME_RE = re.compile(r"^rsvlm-(?P<model>.+)-(?P<strategy>full|lora|moe_lora)$")
+
+
+class ModelNotFoundError(JobError, LookupError):
+    """A ``models:/`` URI names a registered model, alias or version that does not exist (one line: the URI,
+    what is missing, what exists and which command makes it)."""
+
+
+class ModelURIError(JobError, ValueError):
+    """A model URI that cannot be parsed or has an unsupported scheme."""
+
+
+class ModelPathError(JobError, FileNotFoundError):
+    """A model given as a local folder (or ``file://`` URI) that does not exist."""
 
 
 @dataclass
@@ -132,36 +148,46 @@ def get_alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
         raise
 
 
-def _registered_model_or_lookup_error(client: MlflowClient, name: str) -> Any:
+def registered_model(client: MlflowClient, name: str, uri: str, tracking_uri: str) -> Any:
+    """The registered model ``name``; :class:`ModelNotFoundError` naming ``uri`` and the command that
+    registers one when it does not exist."""
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code not in _LOOKUP_FAILED:
             raise
         known = sorted(m.name for m in client.search_registered_models(max_results=100))
-        raise LookupError(f"registered model {name!r} not found; registered models: {known}") from exc
+        default = _DEFAULT_NAME_RE.match(name)
+        command = (f"python jobs/finetune.py model={default['model']} strategy={default['strategy']} registers "
+                   f"{name}@candidate" if default else
+                   "python jobs/finetune.py model=<model> strategy=<strategy> registers rsvlm-<model>-<strategy>"
+                   "@candidate (tracking.registered_model=NAME registers another name)")
+        raise ModelNotFoundError(
+            uri, f"no registered model {name!r} in {mask_url_credentials(tracking_uri)} (registered models: "
+                 f"{known or 'none'})", f"{command}, or set tracking.uri to the MLflow store that holds it"
+        ) from exc
 
 
-def _version_by_alias(client: MlflowClient, name: str, alias: str) -> Any:
-    model = _registered_model_or_lookup_error(client, name)
+def _version_by_alias(client: MlflowClient, uri: str, tracking_uri: str, name: str, alias: str) -> Any:
+    model = registered_model(client, name, uri, tracking_uri)
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code not in _LOOKUP_FAILED:
             raise
         available = {a: str(v) for a, v in sorted((model.aliases or {}).items())}
-        raise LookupError(
-            f"registered model {name!r} has no alias {alias!r}; available aliases: {available or 'none'}"
+        raise ModelNotFoundError(
+            uri, f"registered model {name!r} has no alias {alias!r} (available aliases: {available or 'none'})",
+            f"@candidate is set by python jobs/finetune.py or jobs/sweep.py, @champion by python jobs/register.py; "
+            f"or name a version: models:/{name}/<version>"
         ) from exc
 
 
-def _version_by_number(client: MlflowClient, name: str, version: str) -> Any:
-    _registered_model_or_lookup_error(client, name)
+def _version_by_number(client: MlflowClient, uri: str, tracking_uri: str, name: str, version: str) -> Any:
+    registered_model(client, name, uri, tracking_uri)
     if not version.isdigit():
-        raise ValueError(
-            f"models:/{name}/{version}: {version!r} is not a version number; stages are not supported, "
-            f"use an alias (models:/{name}@<alias>)"
-        )
+        raise ModelURIError(uri, f"{version!r} is not a version number; stages are not supported",
+                            f"use an alias: models:/{name}@<alias>")
     try:
         return client.get_model_version(name, version)
     except MlflowException as exc:
@@ -172,25 +198,26 @@ def _version_by_number(client: MlflowClient, name: str, version: str) -> Any:
         versions = sorted(
             (str(mv.version) for mv in client.search_model_versions(f"name = '{escaped}'")), key=int
         )
-        raise LookupError(
-            f"registered model {name!r} has no version {version!r}; available versions: {versions or 'none'}"
+        raise ModelNotFoundError(
+            uri, f"registered model {name!r} has no version {version!r} (available versions: {versions or 'none'})",
+            f"use one of them, or an alias: models:/{name}@<alias>"
         ) from exc
 
 
 def _local_folder(path: Path, uri: str) -> Path:
     path = path.expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"model path {uri!r} does not exist (accepted: {_ACCEPTED_FORMS})")
+        raise ModelPathError(uri, "no such model folder", f"accepted: {_ACCEPTED_FORMS}")
     return path.resolve()
 
 
-def _registered_version(client: MlflowClient, uri: str) -> Any:
+def _registered_version(client: MlflowClient, uri: str, tracking_uri: str) -> Any:
     """The model version a ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` URI names."""
     if match := _MODELS_ALIAS_RE.match(uri):
-        return _version_by_alias(client, match["name"], match["alias"])
+        return _version_by_alias(client, uri, tracking_uri, match["name"], match["alias"])
     if match := _MODELS_VERSION_RE.match(uri):
-        return _version_by_number(client, match["name"], match["version"])
-    raise ValueError(f"cannot parse model URI {uri!r}; accepted: {_ACCEPTED_FORMS}")
+        return _version_by_number(client, uri, tracking_uri, match["name"], match["version"])
+    raise ModelURIError(uri, "cannot parse this model URI", f"accepted: {_ACCEPTED_FORMS}")
 
 
 def pin_model_uri(uri: str, tracking_uri: str) -> tuple[str, str | None, str | None]:
@@ -201,7 +228,7 @@ def pin_model_uri(uri: str, tracking_uri: str) -> tuple[str, str | None, str | N
     """
     if not uri.startswith("models:/"):
         return uri, None, None
-    model_version = _registered_version(_client(tracking_uri), uri)
+    model_version = _registered_version(_client(tracking_uri), uri, tracking_uri)
     name, version = model_version.name, str(model_version.version)
     return f"models:/{name}/{version}", name, version
 
@@ -210,12 +237,14 @@ def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> Resol
     """Resolve a model URI to a local folder, downloading into ``dst_dir`` when it lives in MLflow.
 
     Accepts ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``, ``file://``
-    URIs and local folders (returned as they are, not copied). Unknown model/alias/version: ``LookupError``.
+    URIs and local folders (returned as they are, not copied). Unknown model/alias/version:
+    :class:`ModelNotFoundError` (a ``LookupError``); a bad URI :class:`ModelURIError`; a missing folder
+    :class:`ModelPathError`.
     """
     # MLflow's per-file download bar is carriage-return noise in job logs; a user's explicit setting wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith("models:/"):
-        model_version = _registered_version(_client(tracking_uri), uri)
+        model_version = _registered_version(_client(tracking_uri), uri, tracking_uri)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=model_version.source,
             dst_path=str(dst_dir),
@@ -231,7 +260,7 @@ def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> Resol
     if uri.startswith("runs:/"):
         match = _RUNS_RE.match(uri)
         if match is None:
-            raise ValueError(f"cannot parse run URI {uri!r}; expected runs:/<run_id>/<path>")
+            raise ModelURIError(uri, "cannot parse this run URI", "expected runs:/<run_id>/<path>")
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=uri, dst_path=str(dst_dir), tracking_uri=tracking_uri, registry_uri=tracking_uri
         )
@@ -239,9 +268,9 @@ def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> Resol
     if uri.startswith("file:"):
         parsed = urlparse(uri)
         if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"file URI {uri!r} names a remote host; only local file:// URIs are supported")
+            raise ModelURIError(uri, "names a remote host", "only local file:// URIs are supported")
         path = Path(url2pathname(parsed.path))  # url2pathname also percent-decodes
         return ResolvedModel(local_path=_local_folder(path, uri), name=None, version=None, run_id=None)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]+:", uri):
-        raise ValueError(f"unsupported model URI scheme in {uri!r}; accepted: {_ACCEPTED_FORMS}")
+        raise ModelURIError(uri, "unsupported model URI scheme", f"accepted: {_ACCEPTED_FORMS}")
     return ResolvedModel(local_path=_local_folder(Path(uri), uri), name=None, version=None, run_id=None)
