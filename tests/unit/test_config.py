@@ -16,6 +16,8 @@ GROUP_OPTIONS = sorted((group.name, option.stem) for group in conf_dir().iterdir
                        for option in group.glob("*.yaml"))
 # Options whose YAML leaves a value for the user to fill in (``???``).
 NEEDS = {("data", "custom"): ["data.source=/tmp/x.json", "data.image_root=/tmp"]}
+# Groups a command line adds (``+env=kuberay``) instead of choosing from conf/config.yaml's defaults.
+APPENDED = {"env"}
 
 
 def test_every_group_has_options():
@@ -25,10 +27,11 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS)
 def test_every_yaml_composes(tmp_path, group, option):
-    job = compose([f"workdir={tmp_path}", f"{group}={option}", *NEEDS.get((group, option), [])])
+    choice = f"+{group}={option}" if group in APPENDED else f"{group}={option}"
+    job = compose([f"workdir={tmp_path}", choice, *NEEDS.get((group, option), [])])
     assert job.workdir == str(tmp_path)
-    # Interpolations are resolved against the absolute workdir.
-    assert job.tracking.uri.startswith("sqlite:///" + str(tmp_path)) or group == "tracking"
+    # Interpolations are resolved against the absolute workdir (env= points tracking at a server).
+    assert job.tracking.uri.startswith("sqlite:///" + str(tmp_path)) or group in ("tracking", "env")
 
 
 def test_defaults_are_the_embedded_demo(tmp_path):
