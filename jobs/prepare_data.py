@@ -12,8 +12,11 @@ The short keys stand for ``data.source``, ``data.image_root``, ``data.format``, 
         python jobs/prepare_data.py source=s3://bucket/rs_gpt4v.json image_root=s3://bucket/images \
         output=s3://bucket/prepared/rs_gpt4v storage=s3
 
-``on_error=fail`` exits 1 listing every problem as ``FILE:LINE: id=…: reason`` and writes nothing;
-``on_error=skip`` writes the good records plus ``rejects.jsonl`` and exits 0.
+``on_error=fail`` exits 1 listing every problem as ``FILE:LINE: id=…: reason`` (then one ``error:`` line) and
+writes nothing; ``on_error=skip`` writes the good records plus ``rejects.jsonl`` and exits 0. An ``output`` that
+holds anything but an earlier prepared dataset (a file, a folder of other files, an S3 prefix with other
+objects) is refused and left untouched, and so is a run that would publish no record. Staging leftovers of a
+killed run (``.<output>.rsvlm-staging-*`` beside it) are removed by the next run.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ def run(job: JobConfig) -> PreparedDataset:
     try:
         prepared = prepare_dataset(job.data, Storage(job.storage))
     except PrepareError as error:
-        print(error, file=sys.stderr)
-        sys.exit(1)
+        print(error.listing(), file=sys.stderr)  # every problem; the entry point adds the one `error:` line
+        raise
     manifest = prepared.manifest
     print(f"prepared {manifest['records']} records ({manifest['rejected']} rejected, {manifest['images']} images) "
           f"→ {prepared.uri}")

@@ -8,6 +8,7 @@ from rsvlm.data.ingest import training_dataset
 from rsvlm.data.prepare import prepare_dataset, read_prepared_records
 from rsvlm.data.samples import SampleBuilder
 from rsvlm.data.template import VICUNA_V1
+from rsvlm.errors import as_job_error
 from rsvlm.model.build import load_processor
 
 
@@ -52,3 +53,28 @@ def test_rows_carry_uint8_pixels_and_masked_labels(prepared, local_ray):
         supervised = labels[:length] != -100
         assert 0 < supervised.sum() < length  # the prompt is masked, the answer is not
         assert (labels[:length][supervised] == ids[:length][supervised]).all()
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.3])
+def test_a_bad_line_in_a_shard_is_named_by_file_and_line(prepared, local_ray, tmp_path, val_fraction):
+    """A change the driver's size check cannot see (same length) is reported as <shard>:<line>, whether the
+    validation split (which reads each line's id) or the sample builder meets it first."""
+    import shutil
+    from pathlib import Path
+
+    dataset, builder = prepared
+    copy = tmp_path / "prepared"
+    shutil.copytree(dataset.uri, copy)
+    shard = copy / dataset.manifest["shards"][0]
+    lines = shard.read_text().split("\n")
+    middle = len(lines) // 2
+    lines[middle] = "{" + "x" * (len(lines[middle].encode()) - 1)
+    shard.write_text("\n".join(lines))
+    assert shard.stat().st_size == (Path(dataset.uri) / shard.name).stat().st_size
+    rows = training_dataset(str(copy), dataset.manifest, builder, shuffle=True, seed=0, val_fraction=val_fraction)
+    with pytest.raises(Exception) as caught:
+        for _ in rows.iter_batches(batch_size=8):
+            pass
+    error = str(as_job_error(caught.value))
+    assert error.startswith(f"{shard}:{middle + 1}: invalid JSON ("), str(error)
+    assert "run jobs/prepare_data.py again" in error

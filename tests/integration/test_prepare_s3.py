@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,7 @@ import pytest
 from rsvlm.config.schema import DataConfig, OnError, StorageConfig
 from rsvlm.data.prepare import MANIFEST, REJECTS, PrepareError, prepare_dataset, read_prepared_records
 from rsvlm.data.storage import Storage
+from rsvlm.errors import JobError
 from support import DEFECTS, GOOD_IMAGES, LOCAL_ONLY_DEFECTS, TEST_BUCKET, conversation, upload_tree, write_image_tree
 
 S3_DEFECTS = [(record, reason) for record, reason in DEFECTS if record.get("id") not in LOCAL_ONLY_DEFECTS]
@@ -100,3 +102,110 @@ def test_json_syntax_errors_from_s3_name_line_and_column(bucket):
     with pytest.raises(PrepareError, match=r"syntax.json:3:\d+: id=\?: invalid JSON"):
         prepare_dataset(config(prefix, listing), storage)
     assert storage.list_files(f"{jsonl}.prepared") == [] and storage.list_files(f"{listing}.prepared") == []
+
+
+# -- the output prefix: only an earlier prepared dataset is replaced -------------------------------------------
+
+def test_a_prefix_with_other_objects_is_refused_and_left_untouched(bucket, s3_endpoint, tmp_path):
+    storage, prefix = bucket
+    source = put_jsonl(storage, f"{prefix}/{uuid.uuid4().hex}.jsonl", [conversation("a1")])
+    output = f"{source}.prepared"
+    storage.write_text(f"{output}/notes.txt", "my notes")
+    storage.write_text(f"{output}/models/m.bin", "weights")
+    with pytest.raises(JobError) as caught:
+        prepare_dataset(config(prefix, source), storage)
+    assert str(caught.value).startswith(f"{output}: exists and holds 2 file(s) this job did not write "
+                                        "(models/m.bin, notes.txt); nothing was changed (")
+    assert storage.list_files(output) == ["models/m.bin", "notes.txt"]
+    assert storage.read_text(f"{output}/notes.txt") == "my notes"
+    job = run_job(f"workdir={tmp_path}", f"source={source}", f"image_root={prefix}/img", f"output={output}",
+                  endpoint=s3_endpoint)
+    lines = [line for line in job.stderr.splitlines() if line.strip()]
+    assert job.returncode == 1 and lines[-1].startswith(f"error: {output}: exists and holds 2 file(s)"), job.stderr
+    assert storage.list_files(output) == ["models/m.bin", "notes.txt"]
+
+
+def test_an_earlier_dataset_on_s3_is_replaced_but_not_with_a_foreign_object_in_it(bucket):
+    storage, prefix = bucket
+    source = put_jsonl(storage, f"{prefix}/{uuid.uuid4().hex}.jsonl", [conversation("a1"), conversation("a2")])
+    cfg = config(prefix, source)
+    cfg.records_per_shard = 1
+    assert prepare_dataset(cfg, storage).manifest["shards"] == ["shard-00000.jsonl", "shard-00001.jsonl"]
+    put_jsonl(storage, source, [conversation("a1")])
+    prepare_dataset(cfg, storage)
+    assert storage.list_files(cfg.uri) == [MANIFEST, REJECTS, "shard-00000.jsonl"]
+    storage.write_text(f"{cfg.uri}/extra.json", "{}")
+    with pytest.raises(JobError, match=r"holds 1 file\(s\) this job did not write \(extra.json\)"):
+        prepare_dataset(cfg, storage)
+    assert storage.list_files(cfg.uri) == sorted([MANIFEST, "extra.json", REJECTS, "shard-00000.jsonl"])
+
+
+def test_an_image_root_prefix_without_objects_or_a_missing_bucket_is_one_error(bucket):
+    storage, prefix = bucket
+    source = put_jsonl(storage, f"{prefix}/{uuid.uuid4().hex}.jsonl", [conversation("a1"), conversation("a2")])
+    for image_root in (f"{prefix}/no-images-here", "s3://rsvlm-no-such-bucket/img"):
+        cfg = config(prefix, source, OnError.skip)
+        cfg.image_root = image_root
+        with pytest.raises(JobError, match=f"^{image_root}: the image root does not exist"):
+            prepare_dataset(cfg, storage)
+    assert storage.list_files(f"{source}.prepared") == []
+    cfg = config(prefix, source)
+    cfg.uri = "s3://rsvlm-no-such-bucket/prepared"
+    with pytest.raises(JobError, match="^s3://rsvlm-no-such-bucket/prepared: no such bucket"):
+        prepare_dataset(cfg, storage)
+
+
+# prepare_data killed (SIGKILL) half-way through uploading a new version over an older one.
+KILLED_MID_UPLOAD = """
+import os, signal, sys
+from rsvlm.config.schema import DataConfig, StorageConfig
+from rsvlm.data.prepare import prepare_dataset
+from rsvlm.data.storage import Storage
+
+storage = Storage(StorageConfig(endpoint_url=sys.argv[1]))
+original, uploads = storage.write_bytes, []
+
+def write_then_die(uri, data):
+    original(uri, data)
+    uploads.append(uri)
+    if uri.endswith("shard-00000.jsonl"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+storage.write_bytes = write_then_die
+prepare_dataset(DataConfig(name="s3test", source=sys.argv[2], image_root=sys.argv[3], uri=sys.argv[4],
+                           records_per_shard=1), storage)
+"""
+
+
+def test_a_publish_killed_half_way_is_finished_by_the_next_run(bucket, s3_endpoint, tmp_path, monkeypatch):
+    import tempfile
+    import time
+
+    from rsvlm.data.storage import PUBLISH_MARKER, STAGING_GRACE_S
+
+    storage, prefix = bucket
+    source = put_jsonl(storage, f"{prefix}/{uuid.uuid4().hex}.jsonl", [conversation("a1"), conversation("a2")])
+    cfg = config(prefix, source)
+    cfg.records_per_shard = 1
+    prepare_dataset(cfg, storage)
+    put_jsonl(storage, source, [conversation("a1"), conversation("a2"), conversation("a3")])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_UPLOAD, s3_endpoint, source, cfg.image_root, cfg.uri],
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": str(tmp)},
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # The older manifest is gone (no reader takes the mix for a dataset); the marker says what is in play.
+    assert storage.list_files(cfg.uri) == [PUBLISH_MARKER, REJECTS, "shard-00000.jsonl", "shard-00001.jsonl"]
+    leftovers = sorted(p.name for p in tmp.iterdir())
+    assert len(leftovers) == 2 and all(name.startswith("rsvlm-staging-") for name in leftovers)
+    then = time.time() - STAGING_GRACE_S - 120  # the kill was a few minutes ago
+    for name in leftovers:
+        os.utime(tmp / name, (then, then))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    again = prepare_dataset(cfg, storage)
+    assert again.manifest["records"] == 3
+    assert storage.list_files(cfg.uri) == [MANIFEST, REJECTS, "shard-00000.jsonl", "shard-00001.jsonl",
+                                           "shard-00002.jsonl"]
+    assert [r["id"] for r in read_prepared_records(cfg.uri, storage)] == ["a1", "a2", "a3"]
+    assert list(tmp.iterdir()) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rsvlm.config.schema import StorageConfig
-from rsvlm.data.storage import Storage
+from rsvlm.data.storage import PUBLISH_MARKER, Storage
 
 
 @pytest.fixture
@@ -39,20 +39,25 @@ def test_publish_folder_writes_the_manifest_last_and_removes_stale_files(storage
     original = storage.write_bytes
 
     def recording_write(uri, data):
-        # At the moment any file is written, the manifest of this version must not be there yet.
+        # At the moment any file is written, the manifest of this version must not be there yet (the marker
+        # of a publish in progress comes first, while the older version is still whole).
         writes.append(uri.rsplit("/", 1)[1])
-        if writes[-1] != "manifest.json":
+        if writes[-1] not in ("manifest.json", PUBLISH_MARKER):
             assert not storage.is_file(f"{dest}/manifest.json")
+            assert storage.is_file(f"{dest}/{PUBLISH_MARKER}")
         original(uri, data)
 
     storage.write_bytes = recording_write
+    older: list[str] = []
     for version, names in (("1", ["shard-0.jsonl", "stale.jsonl"]), ("2", ["shard-0.jsonl"])):
         staging = tmp_path / f"staging{version}"
         staging.mkdir()
         for name in names + ["manifest.json"]:
             (staging / name).write_text(version)
-        storage.publish_folder(staging, dest, last="manifest.json")
-    assert writes == ["shard-0.jsonl", "stale.jsonl", "manifest.json", "shard-0.jsonl", "manifest.json"]
+        storage.publish_folder(staging, dest, last="manifest.json", replaces=older)
+        older = names + ["manifest.json"]
+    assert writes == [PUBLISH_MARKER, "shard-0.jsonl", "stale.jsonl", "manifest.json",
+                      PUBLISH_MARKER, "shard-0.jsonl", "manifest.json"]
     assert storage.list_files(dest) == ["manifest.json", "shard-0.jsonl"]
     assert storage.read_text(f"{dest}/shard-0.jsonl") == "2"
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from rsvlm.config.schema import StorageConfig
-from rsvlm.data.storage import Storage, join, resolve_inside
+from rsvlm.data.storage import STALE_AFTER_S, STAGING_GRACE_S, Storage, StorageError, join, resolve_inside
+from rsvlm.errors import JobError
 
 
 @pytest.mark.parametrize("relative,expected", [
@@ -56,12 +64,14 @@ def test_missing_file_and_binary_text_name_the_uri(tmp_path):
 
 def test_publish_folder_replaces_an_older_version_in_one_step(tmp_path):
     storage, dest = Storage(), tmp_path / "out" / "prepared"
+    older: list[str] = []
     for version, names in (("1", ["shard-0.jsonl", "stale.jsonl"]), ("2", ["shard-0.jsonl"])):
         staging = tmp_path / f"staging{version}"
         staging.mkdir()
         for name in names + ["manifest.json"]:
             (staging / name).write_text(version)
-        storage.publish_folder(staging, str(dest), last="manifest.json")
+        storage.publish_folder(staging, str(dest), last="manifest.json", replaces=older)
+        older = names + ["manifest.json"]
     assert storage.list_files(str(dest)) == ["manifest.json", "shard-0.jsonl"]
     assert (dest / "shard-0.jsonl").read_text() == "2"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["prepared"]  # no staged or retired copies left
@@ -90,3 +100,140 @@ def test_endpoint_falls_back_to_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     assert Storage().endpoint_url == "http://127.0.0.1:9000"
     assert Storage(StorageConfig(endpoint_url="http://minio:9000")).endpoint_url == "http://minio:9000"
+
+
+def staged_version(tmp_path, name="staging"):
+    staging = tmp_path / name
+    staging.mkdir()
+    (staging / "shard-0.jsonl").write_text("new")
+    (staging / "manifest.json").write_text("{}")
+    return staging
+
+
+def test_publish_folder_refuses_a_folder_with_files_it_was_not_told_about(tmp_path):
+    dest = tmp_path / "mine"
+    (dest / "sub").mkdir(parents=True)
+    (dest / "notes.txt").write_text("keep me")
+    (dest / "sub" / "data.csv").write_text("keep me too")
+    (dest / "manifest.json").write_text("{}")
+    with pytest.raises(JobError) as caught:
+        Storage().publish_folder(staged_version(tmp_path), str(dest), last="manifest.json",
+                                 replaces=["manifest.json"])
+    assert str(caught.value).startswith(f"{dest}: exists and holds 2 file(s) this job did not write "
+                                        "(notes.txt, sub/data.csv)")
+    assert (dest / "notes.txt").read_text() == "keep me" and (dest / "sub" / "data.csv").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "staging"]  # nothing staged or retired left
+
+
+def test_publish_folder_refuses_a_regular_file_and_keeps_it(tmp_path):
+    dest = tmp_path / "output"
+    dest.write_text("a file of the user's")
+    with pytest.raises(JobError, match=f"^{dest}: is a file, not a folder"):
+        Storage().publish_folder(staged_version(tmp_path), str(dest), last="manifest.json")
+    assert dest.read_text() == "a file of the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output", "staging"]
+
+
+def test_publish_folder_fills_an_empty_folder(tmp_path):
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    Storage().publish_folder(staged_version(tmp_path), str(dest), last="manifest.json")
+    assert Storage().list_files(str(dest)) == ["manifest.json", "shard-0.jsonl"]
+
+
+# A job that stages a publish of DEST and is killed (SIGKILL: no cleanup runs) while its folder is there.
+KILLED_WHILE_STAGING = """
+import os, signal, sys
+from rsvlm.data.storage import Storage
+with Storage().staging(sys.argv[1]) as folder:
+    (folder / "shard-00000.jsonl").write_text("half written")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+# A job that stages a publish of DEST and waits (alive, holding its lock) until its stdin closes.
+STAGING_AND_WAITING = """
+import sys
+from rsvlm.data.storage import Storage
+with Storage().staging(sys.argv[1]) as folder:
+    print(folder.name, flush=True)
+    sys.stdin.read()
+"""
+
+
+def age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_staging_sweeps_what_killed_jobs_left_and_never_a_live_jobs_folder(tmp_path):
+    dest = tmp_path / "prepared"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_STAGING, str(dest)], env=env, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert len(leftovers) == 2 and leftovers[0].startswith(".prepared.rsvlm-staging-")  # the folder and its lock
+    live = subprocess.Popen([sys.executable, "-c", STAGING_AND_WAITING, str(dest)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        live_name = live.stdout.readline().strip()
+        # Old enough to be swept if its owner were gone; versions before the lock left .partial / .old folders.
+        for lock in tmp_path.glob(".prepared.rsvlm-staging-*.lock"):
+            age(lock, STAGING_GRACE_S + 5)
+        legacy_old, legacy_young = tmp_path / f".prepared.{'a' * 32}.partial", tmp_path / f".prepared.{'b' * 32}.old"
+        for legacy in (legacy_old, legacy_young):
+            legacy.mkdir()
+            (legacy / "shard-00000.jsonl").write_text("x")
+        age(legacy_old, STALE_AFTER_S + 60)
+        (tmp_path / ".prepared.notes").write_text("not ours")  # looks close, is not a staging leftover
+        with Storage().staging(str(dest)) as mine:
+            assert mine.parent == tmp_path and mine.name.startswith(f".prepared.rsvlm-staging-{os.getpid()}-")
+            names = {p.name for p in tmp_path.iterdir()}
+        assert not (set(leftovers) & names)  # the killed job's folder and lock are gone
+        assert legacy_old.name not in names and legacy_young.name in names
+        assert {live_name, f"{live_name}.lock", ".prepared.notes"} <= names  # the live job's folder is kept
+        assert (tmp_path / live_name).is_dir()
+    finally:
+        live.stdin.close()
+        live.wait(timeout=60)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".prepared.notes", legacy_young.name])
+
+
+def test_a_lock_younger_than_the_grace_period_is_kept(tmp_path):
+    dest = tmp_path / "prepared"
+    lock = tmp_path / ".prepared.rsvlm-staging-1-abc.lock"
+    lock.write_text("")  # just created by a job that has not locked it yet
+    (tmp_path / ".prepared.rsvlm-staging-1-abc").mkdir()
+    with Storage().staging(str(dest)):
+        pass
+    assert lock.exists() and (tmp_path / ".prepared.rsvlm-staging-1-abc").is_dir()
+    age(lock, STAGING_GRACE_S + 5)
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live owner (this process)
+    try:
+        with Storage().staging(str(dest)):
+            pass
+        assert lock.exists()
+    finally:
+        os.close(held)
+    with Storage().staging(str(dest)):
+        pass
+    assert not lock.exists() and not (tmp_path / ".prepared.rsvlm-staging-1-abc").exists()
+
+
+def test_a_dead_s3_endpoint_is_one_line_naming_it_and_fails_fast(monkeypatch):
+    from rsvlm.services import free_port
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    storage = Storage(StorageConfig(endpoint_url=endpoint))
+    calls = [lambda: storage.read_bytes("s3://bucket/x.json"), lambda: storage.is_file("s3://bucket/x.json"),
+             lambda: storage.list_files("s3://bucket/prefix"), lambda: storage.write_text("s3://bucket/y", "y")]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(StorageError) as caught:
+            call()
+        assert time.monotonic() - started < 20
+        assert str(caught.value) == (f"{endpoint}: cannot connect to the S3 endpoint "
+                                     "(check storage.endpoint_url or AWS_ENDPOINT_URL)")
+        assert isinstance(caught.value, OSError) and isinstance(caught.value, JobError)
+        assert "super-secret-value" not in str(caught.value)
+        assert pickle.loads(pickle.dumps(caught.value)).why == "cannot connect to the S3 endpoint"

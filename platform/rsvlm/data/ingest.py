@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Any
 
@@ -10,7 +9,8 @@ import numpy as np
 import ray
 from ray.data import RandomSeedConfig
 
-from rsvlm.data.samples import SampleBuilder
+from rsvlm.data.samples import SampleBuilder, parse_lines
+from rsvlm.data.storage import Storage
 
 # Hash buckets for the validation split: fine enough for any fraction a user would write down.
 _SPLIT_BUCKETS = 1_000_000
@@ -22,26 +22,38 @@ def is_held_out(record_id: str, val_fraction: float) -> bool:
     return zlib.crc32(record_id.encode("utf-8")) % _SPLIT_BUCKETS < val_fraction * _SPLIT_BUCKETS
 
 
-def _keep_split(batch: dict[str, np.ndarray], val_fraction: float, validation: bool) -> dict[str, np.ndarray]:
-    held_out = np.array([is_held_out(str(json.loads(line)["id"]), val_fraction) for line in batch["text"]],
-                        dtype=bool)
-    return {"text": batch["text"][held_out if validation else ~held_out]}
+def _keep_split(batch: dict[str, np.ndarray], val_fraction: float, validation: bool, storage: Storage,
+                shard_uris: dict[str, str]) -> dict[str, np.ndarray]:
+    records = parse_lines(batch, storage, shard_uris, keys=("id",))  # a bad line: JobError <shard>:<line>
+    held_out = np.array([is_held_out(str(record["id"]), val_fraction) for record in records], dtype=bool)
+    keep = held_out if validation else ~held_out
+    return {column: values[keep] for column, values in batch.items()}
 
 
 def _read_records(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, val_fraction: float,
-                  validation: bool) -> ray.data.Dataset:
+                  validation: bool) -> tuple[ray.data.Dataset, dict[str, str]]:
+    """The dataset's lines (``text``, and ``path``: the shard each came from), and those paths' URIs."""
     # Progress bars turn into a log line per operator every few seconds in job logs; the training loop
     # prints its own progress.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # A JobError raised in a map step (a bad line: <shard>:<line>) reaches the job as itself; Ray's default
+    # UserCodeException wrapper keeps it only as traceback text, and the job could print no one-line error.
+    context.raise_original_map_exception = True
     storage = builder.storage
     filesystem, _ = storage.filesystem(prepared_uri)
-    paths = [storage.filesystem(storage.join(prepared_uri, shard))[1] for shard in manifest["shards"]]
-    dataset = ray.data.read_text(paths, filesystem=filesystem)
+    uris = [storage.join(prepared_uri, shard) for shard in manifest["shards"]]
+    paths = [storage.filesystem(uri)[1] for uri in uris]
+    # Ray Data may report a path with or without its leading slash; either maps back to the URI.
+    shard_uris = {**{path.lstrip("/"): uri for path, uri in zip(paths, uris)}, **dict(zip(paths, uris))}
+    # Each line keeps its shard's path, so a bad line is named by file and line (samples.parse_lines).
+    dataset = ray.data.read_text(paths, filesystem=filesystem, include_paths=True)
     if val_fraction > 0:
         # On the JSON lines, before any image is fetched: held-out records cost nothing to skip.
-        dataset = dataset.map_batches(_keep_split, fn_kwargs={"val_fraction": val_fraction, "validation": validation},
-                                      batch_format="numpy")
-    return dataset
+        dataset = dataset.map_batches(_keep_split, batch_format="numpy",
+                                      fn_kwargs={"val_fraction": val_fraction, "validation": validation,
+                                                 "storage": storage, "shard_uris": shard_uris})
+    return dataset, shard_uris
 
 
 def training_dataset(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, *, shuffle: bool,
@@ -52,12 +64,13 @@ def training_dataset(prepared_uri: str, manifest: dict[str, Any], builder: Sampl
     inference fails on such columns. Shuffling the lines is cheap, before any image is decoded. Records
     held out by ``val_fraction`` (see :func:`is_held_out`) are left out.
     """
-    dataset = _read_records(prepared_uri, manifest, builder, val_fraction, validation=False)
+    dataset, shard_uris = _read_records(prepared_uri, manifest, builder, val_fraction, validation=False)
     if shuffle:
         # A new permutation every epoch (every execution of the dataset), the same sequence of permutations
         # for the same seed.
         dataset = dataset.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
-    return dataset.map_batches(builder, batch_size=batch_size, batch_format="numpy")
+    return dataset.map_batches(builder, batch_size=batch_size, batch_format="numpy",
+                               fn_kwargs={"shard_uris": shard_uris})
 
 
 def validation_dataset(prepared_uri: str, manifest: dict[str, Any], builder: SampleBuilder, *, val_fraction: float,
@@ -65,8 +78,9 @@ def validation_dataset(prepared_uri: str, manifest: dict[str, Any], builder: Sam
     """The held-out records of ``val_fraction`` as samples, in a stable order (no shuffle)."""
     if val_fraction <= 0:
         raise ValueError("val_fraction must be > 0 for a validation dataset")
-    dataset = _read_records(prepared_uri, manifest, builder, val_fraction, validation=True)
-    dataset = dataset.map_batches(builder, batch_size=batch_size, batch_format="numpy")
+    dataset, shard_uris = _read_records(prepared_uri, manifest, builder, val_fraction, validation=True)
+    dataset = dataset.map_batches(builder, batch_size=batch_size, batch_format="numpy",
+                                  fn_kwargs={"shard_uris": shard_uris})
     # Every worker iterates the whole validation set; in the same order they form the same batches, which
     # FSDP needs (each forward is a collective, so all workers must run the same number).
     dataset.context.execution_options.preserve_order = True

@@ -30,7 +30,12 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        """One JSON line. U+2028, U+2029 and U+0085 are escaped: JSON allows them raw, but readers that split
+        lines at every Unicode line break (Ray Data's ``read_text``) would cut the record in two."""
+        return json.dumps(asdict(self), ensure_ascii=False).translate(_LINE_BREAKS_ESCAPED)
+
+
+_LINE_BREAKS_ESCAPED = {ord(c): f"\\u{ord(c):04x}" for c in "\u2028\u2029\x85"}
 
 
 class RecordError(ValueError):

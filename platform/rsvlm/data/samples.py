@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -19,6 +19,81 @@ from rsvlm.config.schema import ImageAspect
 from rsvlm.data.images import normalize_pixels, open_rgb, resize_images
 from rsvlm.data.storage import Storage, resolve_inside
 from rsvlm.data.template import IGNORE_INDEX, ChatTemplate, tokenize_conversation
+from rsvlm.errors import JobError
+
+# What a bad line of a shard tells the user to do: the shards are prepare_data's output.
+REPREPARE = "the shard no longer holds what prepare_data wrote: run jobs/prepare_data.py again"
+
+
+def parse_lines(batch: dict[str, np.ndarray], storage: Optional[Storage] = None,
+                shard_uris: Optional[dict[str, str]] = None, keys: tuple[str, ...] = ("id", "conversations")
+                ) -> list[dict[str, Any]]:
+    """The records of a batch of prepared JSON lines (``batch["text"]``), each a JSON object with ``keys``.
+
+    A line that is not one raises :class:`~rsvlm.errors.JobError` ``<shard>:<line>: invalid JSON …`` when the
+    batch has Ray Data's ``path`` column (``read_text(..., include_paths=True)``): ``shard_uris`` maps those
+    paths back to URIs, and the line number is found only then, by reading that shard again (``storage``) and
+    looking for the bad text, so the good path costs nothing.
+    """
+    texts = batch["text"]
+    try:
+        records = [json.loads(line) for line in texts]
+        bad = next((row for row, record in enumerate(records)
+                    if not isinstance(record, dict) or not all(key in record for key in keys)), None)
+    except ValueError:
+        records, bad = None, None
+    if bad is None and records is not None:
+        return records
+    for row, line in enumerate(texts):  # the error path: find the first bad row and say why
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            column = f"; column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            problem = f"invalid JSON ({getattr(exc, 'msg', exc)}{column})"
+            break
+        if row == bad:
+            missing = [key for key in keys if not isinstance(record, dict) or key not in record]
+            problem = "not a prepared record (no " + ", ".join(repr(key) for key in missing) + ")"
+            break
+    paths = batch.get("path")
+    text = str(texts[row])
+    where, whole_line = _locate(str(paths[row]) if paths is not None else None, text, storage, shard_uris)
+    if whole_line is not None and whole_line != text and _is_json(whole_line):
+        # The shard is as prepare_data wrote it; Ray Data's read_text split one of its lines (str.splitlines
+        # breaks at U+2028, U+2029 and U+0085 too, which JSON leaves unescaped inside strings).
+        raise JobError(where, "the record holds a line-separator character (U+2028, U+2029 or U+0085) at which "
+                       f"Ray Data splits lines, so it arrives in pieces: {_snippet(text)}",
+                       "remove or escape that character in the source and run jobs/prepare_data.py again")
+    raise JobError(where, f"{problem}: {_snippet(text)}", REPREPARE)
+
+
+def _locate(path: Optional[str], text: str, storage: Optional[Storage],
+            shard_uris: Optional[dict[str, str]]) -> tuple[str, Optional[str]]:
+    """``(<shard URI>:<line>, that whole line)`` for ``text``, read again from its shard (``<shard URI>`` and
+    None when it is not found there; ``a prepared record`` without a path)."""
+    if path is None:
+        return "a prepared record", None
+    uri = (shard_uris or {}).get(path, path)
+    try:
+        lines = (storage or Storage()).read_bytes(uri).decode("utf-8", errors="replace").split("\n")
+    except (OSError, ValueError):
+        return uri, None
+    # Ray Data's read_text splits with str.splitlines: the text may be a whole line or a piece of one.
+    number = next((n for n, line in enumerate(lines, 1) if line.rstrip("\r") == text), None)
+    number = number or next((n for n, line in enumerate(lines, 1) if text and text in line), None)
+    return (f"{uri}:{number}", lines[number - 1].rstrip("\r")) if number else (uri, None)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _snippet(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 @dataclass
@@ -32,12 +107,15 @@ class SampleBuilder:
     storage: Storage = field(default_factory=Storage)
     fetch_threads: int = 1
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``{"text": JSON lines}`` → ``input_ids, labels, length, pixel_values, has_image, fully_masked, task, id``.
+    def __call__(self, batch: dict[str, np.ndarray],
+                 shard_uris: Optional[dict[str, str]] = None) -> dict[str, np.ndarray]:
+        """``{"text": JSON lines[, "path": shards]}`` → ``input_ids, labels, length, pixel_values, has_image,
+        fully_masked, task, id``.
 
-        ``pixel_values`` are resized uint8; :func:`collate` normalises them.
+        ``pixel_values`` are resized uint8; :func:`collate` normalises them. A bad line is a JobError naming
+        its shard and line (:func:`parse_lines`; ``shard_uris`` maps the ``path`` column to URIs).
         """
-        records = [json.loads(line) for line in batch["text"]]
+        records = parse_lines(batch, self.storage, shard_uris)
         rows = len(records)
         tokenizer = self.processor.tokenizer
         input_ids = np.full((rows, self.max_length), tokenizer.pad_token_id, dtype=np.int32)
