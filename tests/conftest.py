@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -29,36 +30,24 @@ def compose_job(tmp_path):
     return make
 
 
-def _start_session_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-
-
 @pytest.fixture(scope="session")
 def local_ray():
-    """One local Ray instance for the whole session (starting Ray takes seconds)."""
-    import ray
+    """One local Ray instance for the whole session (starting Ray takes seconds).
 
-    if not ray.is_initialized():
-        _start_session_ray()
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture
-def sole_ray():
-    """No Ray of this session while the test runs, for a job process that starts its own.
-
-    With two Ray instances on one machine, Ray Train's placement-group cleaner cannot tell which one is its
-    own and fails; the finished trials' CPUs are then never given back, and a sweep's next trials wait for
-    them for ever. The session's Ray, if it was running, is started again afterwards.
+    Job processes that tests start run Ray instances of their own beside it, as two users' jobs on one
+    machine would (``rsvlm.train.distributed.start_local_ray`` keeps each instance's processes to itself).
     """
     import ray
 
-    was_running = ray.is_initialized()
-    if was_running:
-        ray.shutdown()
-    yield
-    if was_running:
-        _start_session_ray()
+    from rsvlm.train.distributed import start_local_ray
+
+    if not ray.is_initialized():
+        start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # Not inherited by the job processes the tests start: they must not join this instance.
+        os.environ.pop("RAY_ADDRESS", None)
+    yield ray
+    # Ray Data iterators a test left unfinished (a run that ended mid-epoch in local mode) hold prefetch
+    # threads; collected before shutdown, they stop, instead of touching the shut-down worker, which makes the
+    # process exit 1 with no test summary.
+    gc.collect()
+    ray.shutdown()

@@ -73,7 +73,9 @@ def as_job_error(exc: BaseException) -> JobError:
 
     chain = list(causes(exc))
     for err in chain:
-        if isinstance(err, JobError):
+        # Ray re-raises a worker's error as a class that is both RayTaskError and the error's own type, whose
+        # text is the remote traceback: the error itself is its ``cause``.
+        if isinstance(err, JobError) and not isinstance(getattr(err, "cause", None), JobError):
             return err
     for err in chain:
         if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) \

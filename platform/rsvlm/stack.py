@@ -181,7 +181,7 @@ def start_stack(state_dir: str | Path = DEFAULT_STATE_DIR, ports: Optional[Stack
         _ensure_ray_token(child_env)
         stack.services["ray"] = start_detached(
             "ray", ray_head_command(ports, num_cpus or os.cpu_count() or 1, temp), logs, ports.ray,
-            lambda: _dashboard_answers(stack.dashboard_url), _head_env(child_env), state_dir, HEAD_TIMEOUT_S)
+            lambda: _dashboard_answers(stack.dashboard_url), _head_env(child_env, ports.ray), state_dir, HEAD_TIMEOUT_S)
         _save(stack)
         _link(state_dir / "ray-logs", temp / "session_latest" / "logs")
     except BaseException as error:
@@ -329,11 +329,14 @@ def _child_env(stack_variables: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _head_env(child_env: dict[str, str]) -> dict[str, str]:
+def _head_env(child_env: dict[str, str], gcs_port: int) -> dict[str, str]:
     """The head's environment, which jobs inherit: this interpreter's ``bin/`` first on ``PATH``, so that
-    ``python`` in a job's entrypoint is the project's."""
+    ``python`` in a job's entrypoint is the project's, and ``RAY_ADDRESS`` naming the head's own GCS, so that
+    its processes never ask another Ray instance on the machine about their cluster (see
+    ``rsvlm.train.distributed.start_local_ray``)."""
     bin_dir = str(Path(sys.executable).parent)
-    return {**child_env, "PATH": os.pathsep.join([bin_dir, child_env.get("PATH", "")])}
+    return {**child_env, "PATH": os.pathsep.join([bin_dir, child_env.get("PATH", "")]),
+            "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}
 
 
 def _create_buckets(endpoint: str, env: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_finetune_multirun_logs_each_combination_as_a_tagged_run(tmp_path, sole_ray):
+def test_finetune_multirun_logs_each_combination_as_a_tagged_run(tmp_path, local_ray):
     from rsvlm.config import compose
     from rsvlm.data.prepare import prepare_dataset
 

@@ -38,7 +38,7 @@ def _table(workdir: Path, name: str) -> list[dict]:
     return json.loads((workdir / "sweeps" / name / "sweep_results.json").read_text())
 
 
-def test_smoke_sweep_makes_parent_and_child_runs_and_registers_the_best(tmp_path, sole_ray):
+def test_smoke_sweep_makes_parent_and_child_runs_and_registers_the_best(tmp_path, local_ray):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = _run_job(["sweep=smoke", f"workdir={tmp_path}", f"tracking.uri={tracking_uri}"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -111,7 +111,7 @@ def test_a_failing_trial_is_retried_then_reported_while_the_others_finish(tmp_pa
 
     by_length = {o.values["data.max_length"]: o for o in result.trials}
     failed, good = by_length[16], by_length[192]
-    assert failed.status == FAILED and "no usable sample" in failed.error
+    assert failed.status == FAILED and "had every label masked" in failed.error
     assert good.status == COMPLETED and result.best.trial_id == good.trial_id and result.version == "1"
     # Tune started the failing trial twice (max_trial_failures=1), into the same run and MLflow run.
     record = read_record(_storage(job), f"{tmp_path}/ray_results/{failed.run_name}/rsvlm_run.json")
@@ -121,7 +121,7 @@ def test_a_failing_trial_is_retried_then_reported_while_the_others_finish(tmp_pa
     assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED"]
     assert [r.data.params["data.max_length"] for r in children if r.info.status == "FAILED"] == ["16"]
     rows = {row["trial_id"]: row for row in _table(tmp_path, "failing")}
-    assert rows[failed.trial_id]["status"] == FAILED and "no usable sample" in rows[failed.trial_id]["error"]
+    assert rows[failed.trial_id]["status"] == FAILED and "had every label masked" in rows[failed.trial_id]["error"]
 
 
 def _storage(job):
@@ -130,7 +130,7 @@ def _storage(job):
     return Storage(job.storage)
 
 
-def test_an_interrupted_sweep_resumes_under_the_same_name(tmp_path, prepared, sole_ray):
+def test_an_interrupted_sweep_resumes_under_the_same_name(tmp_path, prepared, local_ray):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["sweep=smoke", f"workdir={tmp_path}", f"data.uri={prepared}", f"tracking.uri={tracking_uri}",
             "sweep.name=resumable", "sweep.scheduler=fifo", "~sweep.space.strategy.num_experts",

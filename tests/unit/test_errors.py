@@ -31,6 +31,9 @@ def test_the_job_error_inside_rays_wrappers_is_the_one_reported():
     task_error = RayTaskError("map_batches", "Traceback …", inner)
     wrapped = WorkerGroupError("training failed", {0: task_error})
     assert as_job_error(wrapped) is inner
+    # What ray.get raises: an instance of both RayTaskError and JobError, its text the remote traceback.
+    dual = task_error.as_instanceof_cause()
+    assert isinstance(dual, JobError) and as_job_error(dual) is inner
 
 
 def test_other_errors_name_their_file_or_their_innermost_cause_with_credentials_masked():

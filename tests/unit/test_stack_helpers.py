@@ -40,8 +40,10 @@ def test_servers_never_inherit_an_aws_identity(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "real-token")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREAL")
     monkeypatch.setenv("RAY_ADDRESS", "somewhere:6379")
-    env = _head_env(_child_env(stack_env(StackPorts())))
-    assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env and "RAY_ADDRESS" not in env
+    env = _head_env(_child_env(stack_env(StackPorts())), 6390)
+    assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
+    # The head's own GCS, not the caller's: its processes must never look another Ray instance up.
+    assert env["RAY_ADDRESS"] == "127.0.0.1:6390"
     assert env["AWS_ACCESS_KEY_ID"] == FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"]
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
 

@@ -67,6 +67,20 @@ class OnError(Enum):
     skip = "skip"
 
 
+class DataVerify(Enum):
+    """How finetune checks a prepared dataset against its manifest on the driver, before Ray starts.
+
+    ``sizes``: every shard exists with the byte size the manifest records (one metadata request per shard).
+    ``full``: that, plus reading every shard to check its sha256 and the dataset's fingerprint (on S3 this
+    downloads the shards). ``auto``: ``sizes``, plus ``full`` when the shards total at most
+    ``data.verify_full_max_mb``.
+    """
+
+    auto = "auto"
+    sizes = "sizes"
+    full = "full"
+
+
 class DType(Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -206,9 +220,14 @@ class DataConfig:
     # millisecond (local disk, an endpoint on the same machine); raise it (8–16) for a remote S3 whose GETs
     # wait tens of milliseconds.
     fetch_threads: int = 1
+    # What finetune checks of the prepared dataset before training (DataVerify): shard sizes always, the
+    # full fingerprint (every byte read) with `full`, or with `auto` when the shards total <= verify_full_max_mb.
+    verify: DataVerify = DataVerify.auto
+    verify_full_max_mb: int = 512
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 16, "data.max_length", "must be >= 16 tokens")
+        _require(self.verify_full_max_mb >= 0, "data.verify_full_max_mb", "must be >= 0")
         _require(0.0 <= self.max_fully_masked_fraction <= 1.0, "data.max_fully_masked_fraction", "must be in [0, 1]")
         _require(self.records_per_shard > 0, "data.records_per_shard", "must be > 0")
         _require(self.fetch_threads >= 1, "data.fetch_threads", "must be >= 1")
@@ -391,6 +410,13 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     # ddp, or fsdp for strategy=full (each decoder / encoder layer one shard unit); ignored with one worker.
     sharding: Sharding = Sharding.ddp
+    # Seconds a joined cluster may take to offer the workers' CPUs and GPUs (an autoscaler adding nodes; they
+    # are requested from it) before the job fails naming what is missing. A local Ray the job started fails
+    # at once: nothing will join it.
+    resource_wait_s: float = 300.0
+    # Times Ray Train may retry starting the worker group (each try waits up to 60 s for its placement)
+    # before the run fails; Ray Train's own default retries for ever.
+    max_start_failures: int = 2
 
     @property
     def workers(self) -> int:
@@ -400,6 +426,8 @@ class ScalingConfig:
     def __post_init__(self) -> None:
         _require(self.num_workers >= 0, "scaling.num_workers", "must be >= 0")
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _require(self.resource_wait_s >= 0, "scaling.resource_wait_s", "must be >= 0")
+        _require(self.max_start_failures >= 0, "scaling.max_start_failures", "must be >= 0")
 
 
 @dataclass

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +21,125 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig
+from ray.train import ScalingConfig as RayScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from rsvlm.config.schema import JobConfig, Sharding
+from rsvlm.config.schema import JobConfig, ScalingConfig, Sharding
 from rsvlm.data.storage import Storage, local_path
+from rsvlm.errors import JobError
+
+log = logging.getLogger(__name__)
 
 # The metric Ray Train ranks checkpoints by when validation runs (lower is better).
 VALIDATION_METRIC = "val/loss"
 
 
-def ensure_ray(address: Optional[str] = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, as set by ``ray job submit``), else start a local one."""
+def ensure_ray(address: Optional[str] = None) -> bool:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, as set by ``ray job submit``), else start a local
+    one; True when this call started it (so no other node will ever join: see :func:`check_resources`)."""
     if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    if address:
+        ray.init(address=address, **options)
+        return False
+    start_local_ray(**options)
+    return True
+
+
+def start_local_ray(**init_options: Any) -> str:
+    """Start a Ray instance of this process's own on 127.0.0.1 that all its processes know by address.
+
+    Ray processes that look a cluster up without an address find every Ray instance on the machine. Ray
+    Train V2's placement-group cleaner does (it asks the state API whether its controller lives): with two
+    jobs' Rays on one machine it can ask the other one, find no such controller, and remove the live run's
+    placement group. So the GCS port is chosen here and ``RAY_ADDRESS`` names it in the environment the
+    instance's processes inherit (and in this driver's, while Ray runs: a later ``ray.init()`` here joins
+    it). ``init_options`` go to ``ray.init``. Returns the GCS address.
+    """
+    for attempt in range(3):
+        port = _free_port()
+        address = f"127.0.0.1:{port}"
+        previous_port = os.environ.get("RAY_GCS_SERVER_PORT")
+        os.environ["RAY_GCS_SERVER_PORT"], os.environ["RAY_ADDRESS"] = str(port), address
+        try:
+            # "local" starts an instance even though RAY_ADDRESS is set (None or "auto" would join it).
+            ray.init(address="local", _node_ip_address="127.0.0.1", **init_options)
+            return address
+        except Exception:
+            os.environ.pop("RAY_ADDRESS", None)
+            if attempt == 2:
+                raise
+        finally:
+            if previous_port is None:
+                os.environ.pop("RAY_GCS_SERVER_PORT", None)
+            else:
+                os.environ["RAY_GCS_SERVER_PORT"] = previous_port
+    raise AssertionError("unreachable")
+
+
+def _free_port() -> int:
+    # Another process may take it before the GCS binds it; start_local_ray then tries another.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def worker_resources(scaling: ScalingConfig) -> dict[str, float]:
+    """What one training worker of ``scaling`` takes from a node."""
+    resources = {"CPU": float(scaling.cpus_per_worker)}
+    if scaling.use_gpu:
+        resources["GPU"] = 1.0
+    return resources
+
+
+def check_resources(scaling: ScalingConfig, wait_s: float, poll_s: float = 5.0) -> None:
+    """Fail in seconds, naming what is missing, when the cluster cannot place ``scaling``'s workers.
+
+    Left to itself, Ray Train waits for the resources for ever (``scaling=gpu1`` on a machine without GPUs
+    hangs). Each worker must fit on one node. A cluster that may grow (an autoscaler) is asked for the
+    workers' bundles and given ``wait_s`` seconds; ``wait_s=0`` judges at once.
+    """
+    if scaling.num_workers == 0:
         return
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True,
-             configure_logging=True, logging_level="WARNING")
+    bundle = worker_resources(scaling)
+    deadline = time.monotonic() + wait_s
+    asked = False
+    while True:
+        room = _workers_that_fit(bundle)
+        if room >= scaling.num_workers:
+            return
+        if time.monotonic() >= deadline:
+            offered = {key: value for key, value in ray.cluster_resources().items() if key in ("CPU", "GPU")}
+            wanted = ", ".join(f"{value:g} {key}" for key, value in bundle.items())
+            raise JobError(
+                f"scaling.num_workers={scaling.num_workers}",
+                f"each worker needs {wanted} on one node, and the cluster has room for {room} "
+                f"(it offers {', '.join(f'{v:g} {k}' for k, v in sorted(offered.items())) or 'nothing'}"
+                + (f" after waiting {wait_s:g} s)" if wait_s else ")"),
+                "choose a scaling preset this cluster can hold (scaling=cpu1 on a machine without GPUs) or join "
+                "a cluster that has the resources (ray_address=…)")
+        if not asked:
+            from ray.autoscaler.sdk import request_resources
+
+            # An autoscaler (KubeRay's) adds nodes for requested bundles; without one this does nothing.
+            request_resources(bundles=[bundle] * scaling.num_workers)
+            log.warning("waiting up to %g s for the cluster to offer %d worker(s) of %s", wait_s,
+                        scaling.num_workers, bundle)
+            asked = True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _workers_that_fit(bundle: dict[str, float]) -> int:
+    room = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            offered = node.get("Resources", {})
+            room += int(min(offered.get(key, 0.0) // need for key, need in bundle.items()))
+    return room
 
 
 def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any], job: JobConfig,
@@ -53,7 +157,7 @@ def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any]
     return TorchTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
+        scaling_config=RayScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker} if scaling.num_workers else None,
@@ -67,7 +171,10 @@ def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any]
                 checkpoint_score_attribute=VALIDATION_METRIC if keep_best else None,
                 checkpoint_score_order="min",
             ),
-            failure_config=FailureConfig(max_failures=job.train.max_failures),
+            # Scheduling failures (the worker group cannot start) are the controller's, retried for ever by
+            # default: bounded here, after check_resources has judged the cluster.
+            failure_config=FailureConfig(max_failures=job.train.max_failures,
+                                         controller_failure_limit=scaling.max_start_failures),
             callbacks=list(callbacks),
         ),
         datasets=datasets,

@@ -20,10 +20,11 @@ from typing import Any, Mapping, Optional, Sequence
 from rsvlm.config import to_dict
 from rsvlm.config.schema import JobConfig, Routing, StrategyName
 from rsvlm.data.ingest import training_dataset, validation_dataset
-from rsvlm.data.prepare import read_manifest
+from rsvlm.data.prepare import verified_manifest
 from rsvlm.data.samples import SampleBuilder
 from rsvlm.data.storage import Storage, is_remote
 from rsvlm.data.template import VICUNA_V1
+from rsvlm.errors import JobError
 from rsvlm.model.build import load_processor
 from rsvlm.tracking import (
     best_effort,
@@ -35,7 +36,7 @@ from rsvlm.tracking import (
     open_run,
     register_model_version,
 )
-from rsvlm.train import distributed
+from rsvlm.train import distributed, run_lock
 from rsvlm.train.loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class RunRecord:
     checkpoint_uri: Optional[str] = None  # the final checkpoint, once finished
 
 
-class RunFinishedError(RuntimeError):
+class RunFinishedError(JobError):
     """The named run already finished; starting it again would only register the same model twice."""
 
 
@@ -114,22 +115,37 @@ def run_finetune(job: JobConfig, *, register: bool = True, parent_run_id: Option
 
     Resumes the run named ``train.run_name`` when it has checkpoints; refuses one that already finished.
     A sweep's trial passes ``register=False`` (only the best trial is registered), its parent run, its tags
-    and Ray Train callbacks (``TuneReportCallback``).
+    and Ray Train callbacks (``TuneReportCallback``). Another job running the same name at the same time is
+    refused before anything starts (``rsvlm.train.run_lock``).
     """
-    distributed.ensure_ray(job.ray_address)
-    processor, image_tokens = load_processor(job.model)
+    run_name = job.train.run_name or default_run_name(job.registered_model_name)
+    lock_storage = Storage(job.storage)
+    with run_lock.hold(lock_storage, lock_storage.join(job.train.storage_uri, run_name), "train.run_name", run_name):
+        return _run_locked(job, run_name, register=register, parent_run_id=parent_run_id, tags=tags,
+                           callbacks=callbacks)
+
+
+def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id: Optional[str],
+                tags: Optional[Mapping[str, str]], callbacks: Sequence[Any]) -> FinetuneResult:
+    """``run_finetune`` once the run's lock is held."""
     storage = Storage(job.storage)
-    manifest = read_manifest(job.data.uri, storage)
+    # Before Ray starts, so a missing or damaged dataset or a wrong model name is told in seconds: the
+    # synthetic data is prepared when missing, other data must exist, and the shards are checked against the
+    # manifest (data.verify; rsvlm.data.prepare.verify_prepared).
+    manifest = verified_manifest(job.data, storage)
+    processor, image_tokens = load_processor(job.model)
+    started_ray = distributed.ensure_ray(job.ray_address)
+    distributed.check_resources(job.scaling, 0 if started_ray else job.scaling.resource_wait_s)
     strategy = job.strategy
     if strategy.name is StrategyName.moe_lora and strategy.routing is Routing.task and not strategy.tasks:
         # Task routing has one gate per task, in this order; the checkpoint records it.
         strategy.tasks = sorted(manifest["by_task"])
 
-    run_name = job.train.run_name or default_run_name(job.registered_model_name)
     record_uri = run_record_uri(job, storage, run_name)
     record = read_record(storage, record_uri)
     if record.finished:
-        raise RunFinishedError(f"run {run_name!r} already finished ({record_uri}); choose a new train.run_name")
+        raise RunFinishedError(f"train.run_name={run_name}", f"the run already finished ({record_uri})",
+                               "choose a new train.run_name")
 
     builder = SampleBuilder(processor, VICUNA_V1, image_tokens, job.data.max_length, manifest["image_root"],
                             job.model.image_aspect, storage, job.data.fetch_threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -12,6 +14,7 @@ from torch import nn
 from rsvlm.config import from_dict
 from rsvlm.config.schema import JobConfig, MixedPrecision
 from rsvlm.data.samples import collate
+from rsvlm.errors import JobError
 from rsvlm.model.build import load_model
 from rsvlm.model.memory import enable_gradient_checkpointing, estimate_training_memory, trainable_parameter_report
 from rsvlm.strategies import build_strategy, trainable_parameter_counts
@@ -31,12 +34,54 @@ from rsvlm.train.state import (
 )
 from rsvlm.train.step import train_step, validation_loss
 
-# Judge the fully-masked fraction only after this many samples, so one unlucky first batch cannot fail a run.
+# The share of fully masked samples (no supervised token: answers cut off by data.max_length, or broken data)
+# is judged twice. While training, on at least this many samples, and only when it is above
+# data.max_fully_masked_fraction beyond doubt (MASK_CHECK_MARGIN standard errors of that fraction over the
+# samples seen), so an unlucky first batch cannot stop a run whose data is fine. At the end of the run,
+# always, exactly, on every sample it trained on (summed over workers and restarts): a run whose share is
+# above the threshold fails there, however short, and so never registers its model.
 MIN_SAMPLES_FOR_MASK_CHECK = 64
+MASK_CHECK_MARGIN = 4.0
+_TRAINER_STATE = "trainer_state.json"
 
 
-class FullyMaskedError(RuntimeError):
+class FullyMaskedError(JobError):
     """Too many samples had no supervised token (truncated answers or broken data)."""
+
+
+def check_fully_masked(masked: int, seen: int, job: JobConfig, *, final: bool = False) -> None:
+    """Raise :class:`FullyMaskedError` when ``masked`` of ``seen`` samples is too large a share.
+
+    ``final`` (the end of the run): judged exactly, ``masked / seen > data.max_fully_masked_fraction``.
+    Otherwise only once ``seen >= MIN_SAMPLES_FOR_MASK_CHECK`` and when the share exceeds the threshold by
+    more than ``MASK_CHECK_MARGIN`` standard errors (``sqrt(t (1 - t) / seen)``): early, but never by chance.
+    """
+    threshold = job.data.max_fully_masked_fraction
+    if seen <= 0 or (not final and seen < MIN_SAMPLES_FOR_MASK_CHECK):
+        return
+    share = masked / seen
+    margin = 0.0 if final else MASK_CHECK_MARGIN * math.sqrt(threshold * (1.0 - threshold) / seen)
+    if share <= threshold + margin:
+        return
+    raise fully_masked_error(masked, seen, job, "at the end of the run, over every sample it trained on" if final
+                             else f"after {seen} samples, clearly above the threshold; training stopped early")
+
+
+def fully_masked_error(masked: int, seen: int, job: JobConfig, when: str) -> FullyMaskedError:
+    """The one-line error: the share, the threshold, when it was judged, and what to change."""
+    return FullyMaskedError(
+        f"data.uri={job.data.uri}",
+        f"{masked} of {seen} samples ({masked / seen:.1%}) had every label masked, more than "
+        f"data.max_fully_masked_fraction={job.data.max_fully_masked_fraction:g} ({when}); no model is registered",
+        f"raise data.max_length (now {job.data.max_length}) so the answers fit, or fix the data")
+
+
+def _masked_before(resume_from) -> int:
+    """The fully masked samples of the run's earlier attempts, as its latest checkpoint recorded them."""
+    try:
+        return int(json.loads((resume_from / _TRAINER_STATE).read_text()).get("fully_masked_samples", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def autocast_dtype(precision: MixedPrecision, device: torch.device) -> Optional[torch.dtype]:
@@ -92,6 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         keep_trainable_in_fp32(model)
     if job.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    masked_before = 0  # fully masked samples of earlier attempts (all workers)
     with distributed.latest_checkpoint() as resume_from:
         state = None
         if resume_from is not None:
@@ -99,6 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_training_state(resume_from)
             if state is None:
                 raise RuntimeError(f"checkpoint {resume_from} has no training state to resume from")
+            masked_before = _masked_before(resume_from)
     start_step = state.step if state else 0
     progress = ProgressLine(total_steps, start_step) if context.is_rank_zero else NullProgress()
     if state is None:
@@ -150,12 +197,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state_dict = distributed.full_state_dict(model)
         optimizer_state = distributed.optimizer_state(model, optimizer)
         rng = distributed.gather_objects(rng_state())
-        total_seen, total_into_epoch = distributed.sum_over_workers([seen, into_epoch])
+        total_seen, total_into_epoch, total_masked = distributed.sum_over_workers([seen, into_epoch, masked])
         data = DataPosition(epoch=epoch, samples_seen=position.samples_seen + int(total_seen),
                             samples_into_epoch=into_epoch_before + int(total_into_epoch))
+        run_masked = masked_before + int(total_masked)
+        # Every rank has the same sums, so every rank raises alike, before anything is saved or reported.
+        check_fully_masked(run_masked, data.samples_seen, job, final=step == total_steps)
         report = {"step": step, "epoch": epoch, "samples_seen": data.samples_seen, "world_size": context.world_size,
                   "sharded": state_dict is not None, "resumed_from_step": start_step,
-                  "fully_masked_samples": masked, **metrics, **extra}
+                  "fully_masked_samples": run_masked, **metrics, **extra}
         if validation_batches is not None:
             loss_sum, tokens = validation_loss(distributed.unwrap(model), validation_batches, precision,
                                                strategy.set_batch_tasks)
@@ -185,11 +235,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 seen += batch.dropped + rows
                 into_epoch += batch.dropped + rows
                 micro_batches.append((batch.inputs, batch.tasks))
-            if seen >= MIN_SAMPLES_FOR_MASK_CHECK and masked / seen > job.data.max_fully_masked_fraction:
-                raise FullyMaskedError(
-                    f"{masked} of {seen} samples had every label masked (> data.max_fully_masked_fraction="
-                    f"{job.data.max_fully_masked_fraction}); answers are probably cut off by data.max_length="
-                    f"{job.data.max_length}")
+            check_fully_masked(masked, seen, job)  # this worker's own samples: no collective on every step
             window.append(train_step(model, micro_batches, optimizer, scheduler, job.optim.max_grad_norm,
                                      strategy.aux_loss, strategy.set_batch_tasks, precision,
                                      lambda enabled: distributed.gradient_sync(model, enabled)))
@@ -202,13 +248,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 tokens = sum(m.pop("tokens") for m in window)
                 keys = sorted(window[0])
                 # Losses averaged over workers (each saw other rows), samples and tokens summed over them.
-                *sums, all_samples, all_tokens = distributed.sum_over_workers(
-                    [sum(m[key] for m in window) / len(window) for key in keys] + [window_samples, tokens])
+                *sums, all_samples, all_tokens, all_masked = distributed.sum_over_workers(
+                    [sum(m[key] for m in window) / len(window) for key in keys] + [window_samples, tokens, masked])
                 metrics = {f"train/{key}": total / context.world_size for key, total in zip(keys, sums)}
                 metrics["train/samples_per_s"] = all_samples / elapsed
                 metrics["train/tokens_per_s"] = all_tokens / elapsed
                 metrics["train/epoch"] = float(epoch)
-                metrics["train/fully_masked_samples"] = float(masked)
+                metrics["train/fully_masked_samples"] = float(masked_before + all_masked)
                 logger.log_metrics(metrics, step)
                 progress.update(step, {"loss": metrics["train/loss"], "samples/s": metrics["train/samples_per_s"]})
                 window, window_samples, window_started = [], 0, time.perf_counter()
@@ -229,6 +275,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     steady_started += time.perf_counter() - paused
     finally:
         logger.stop_system_metrics()
+        # Stops the data stream this loop leaves mid-epoch; in local mode its executor runs in this process
+        # and would otherwise still be touching Ray when the driver shuts Ray down.
+        batches.close()
 
 
 def _batches(job: JobConfig, image_processor, device: torch.device) -> Iterator[_Batch]:
@@ -249,6 +298,9 @@ def _batches(job: JobConfig, image_processor, device: torch.device) -> Iterator[
             yield _Batch(inputs, list(batch["task"][~batch["fully_masked"]]), dropped_since, epoch)
             dropped_since = 0
         if not produced:
+            if dropped_since and job.data.max_fully_masked_fraction < 1.0:
+                raise fully_masked_error(dropped_since, dropped_since, job, f"every sample of epoch {epoch} of "
+                                         "this worker's shard; nothing to train on")
             raise RuntimeError(f"epoch {epoch}: this worker's data shard produced no usable sample")
         epoch += 1
 

@@ -31,8 +31,9 @@ from rsvlm.config.errors import ConfigError
 from rsvlm.config.schema import JobConfig, SearchAlgorithm, TrialScheduler
 from rsvlm.data.prepare import prepared_manifest
 from rsvlm.data.storage import Storage, is_remote
+from rsvlm.errors import JobError
 from rsvlm.tracking import best_effort, finish_run, flatten_config, make_logger, mask_url_credentials, open_run
-from rsvlm.train import distributed
+from rsvlm.train import distributed, run_lock
 from rsvlm.train.finetune import (
     default_run_name,
     read_record,
@@ -91,7 +92,7 @@ class SweepResult:
     results_uri: Optional[str] = None  # the results table (CSV) in storage
 
 
-class SweepFinishedError(RuntimeError):
+class SweepFinishedError(JobError):
     """The named sweep already finished; running it again would only repeat its registration."""
 
 
@@ -114,16 +115,28 @@ def check_sweep(job: JobConfig) -> None:
 
 
 def run_sweep(job: JobConfig) -> SweepResult:
-    """Run (or resume) the sweep ``job.sweep``; register its best trial at ``tracking.alias``."""
+    """Run (or resume) the sweep ``job.sweep``; register its best trial at ``tracking.alias``.
+
+    Another job running the same ``sweep.name`` at the same time is refused before anything starts
+    (``rsvlm.train.run_lock``; each trial's run takes its own lock too).
+    """
     check_sweep(job)
     storage = Storage(job.storage)
     name = job.sweep.name or default_run_name("sweep")
+    with run_lock.hold(storage, storage.join(job.sweep.storage_uri, name), "sweep.name", name):
+        return _run_sweep_locked(job, storage, name)
+
+
+def _run_sweep_locked(job: JobConfig, storage: Storage, name: str) -> SweepResult:
+    """``run_sweep`` once the sweep's lock is held."""
     experiment_uri = storage.join(job.sweep.storage_uri, name)
     record_uri = storage.join(experiment_uri, SWEEP_RECORD)
     record = read_record(storage, record_uri, SweepRecord)
     if record.finished:
-        raise SweepFinishedError(f"sweep {name!r} already finished ({record_uri}); choose a new sweep.name")
-    distributed.ensure_ray(job.ray_address)
+        raise SweepFinishedError(f"sweep.name={name}", f"the sweep already finished ({record_uri})",
+                                 "choose a new sweep.name")
+    started_ray = distributed.ensure_ray(job.ray_address)
+    distributed.check_resources(job.scaling, 0 if started_ray else job.scaling.resource_wait_s)
     manifest = prepared_manifest(job.data, storage)
 
     parent_run_id = open_run(job.tracking, name, record.parent_run_id, params=flatten_config(to_dict(job)),
