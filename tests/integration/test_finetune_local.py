@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rsvlm.data.prepare import prepare_dataset
+from rsvlm.errors import as_job_error
 from rsvlm.eval.evaluate import evaluate_model
 from rsvlm.train.finetune import run_finetune
 
@@ -22,7 +23,8 @@ def trained(tmp_path_factory, local_ray):
 
     workdir = tmp_path_factory.mktemp("finetune")
     job = compose([f"workdir={workdir}", *SMALL_DATA, "train.max_steps=60"])
-    prepare_dataset(job.data)
+    # A fresh tree: finetune prepares the built-in synthetic data itself (as the README's command expects).
+    assert not (workdir / "data").exists()
     return job, run_finetune(job)
 
 
@@ -77,6 +79,45 @@ def test_fully_masked_samples_stop_training(tmp_path, local_ray):
     prepare_dataset(job.data)
     with pytest.raises(Exception, match="every label masked"):
         run_finetune(job)
+
+
+def test_a_short_run_with_too_many_fully_masked_samples_fails_at_its_end(tmp_path, local_ray):
+    """4 steps of 8 (32 samples, below MIN_SAMPLES_FOR_MASK_CHECK) with ~13% fully masked: judged at the end
+    over every sample, so the run fails and registers nothing (it used to register silently)."""
+    from rsvlm.config import compose
+
+    # 73 tokens cut off the answers of ~15% of the synthetic records (the longest prompts).
+    job = compose([f"workdir={tmp_path}", *SMALL_DATA, "train.max_steps=4", "train.micro_batch_size=8",
+                   "data.max_length=73"])
+    with pytest.raises(Exception) as caught:
+        run_finetune(job)
+    message = str(as_job_error(caught.value))
+    assert " of 32 samples (" in message and "had every label masked, more than" in message
+    assert "more than data.max_fully_masked_fraction=0.01 (at the end of the run" in message
+    assert message.endswith("(raise data.max_length (now 73) so the answers fit, or fix the data)")
+    client = MlflowClient(tracking_uri=job.tracking.uri)
+    assert client.search_registered_models() == []
+    [run] = client.search_runs([client.get_experiment_by_name(job.tracking.experiment).experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_a_bad_line_the_size_check_cannot_see_is_named_by_file_and_line(tmp_path, local_ray):
+    """A same-length corruption in the middle of a shard passes data.verify=sizes on the driver; training meets
+    it and the job's error names the shard and line."""
+    from rsvlm.config import compose
+    from rsvlm.data.prepare import read_manifest
+
+    job = compose([f"workdir={tmp_path}", *SMALL_DATA, "train.max_steps=4", "tracking=off", "data.verify=sizes"])
+    prepare_dataset(job.data)
+    shard = tmp_path / "data" / "prepared" / read_manifest(job.data.uri)["shards"][0]
+    lines = shard.read_text().split("\n")
+    middle = len(lines) // 2
+    lines[middle] = "#" * len(lines[middle].encode())
+    shard.write_text("\n".join(lines))
+    with pytest.raises(Exception) as caught:
+        run_finetune(job)
+    message = str(as_job_error(caught.value))
+    assert message.startswith(f"{shard}:{middle + 1}: invalid JSON (Expecting value; column 1): '###"), message
 
 
 def test_unreachable_tracking_server_trains_untracked_and_says_so_once(tmp_path, local_ray, monkeypatch, caplog):

@@ -97,3 +97,37 @@ def test_metrics_are_dropped_while_server_is_down_and_resume_after(
 
     history = MlflowClient(tracking.uri).get_metric_history(run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(2, 1.0)]  # dropped, not replayed
+
+
+def test_open_run_probes_a_live_server_and_creates_the_run(mlflow_server, tmp_path, caplog):
+    """The start-up probe (GET /health, no retries) lets a live server through without a warning."""
+    from rsvlm.tracking import open_run
+    from rsvlm.tracking.runs import probe_tracking_server
+
+    probe_tracking_server(mlflow_server)
+    tracking = TrackingConfig(uri=mlflow_server, artifact_location=str(tmp_path / "artifacts"), experiment="probe")
+    with caplog.at_level(logging.WARNING, logger="rsvlm"):
+        run_id = open_run(tracking, "probed", None, params={"strategy": {"rank": 8}})
+    assert run_id and not [r for r in caplog.records if r.name.startswith("rsvlm")]
+    assert MlflowClient(mlflow_server).get_run(run_id).data.params == {"strategy.rank": "8"}
+
+
+def test_a_server_gone_after_start_up_costs_seconds_per_call_not_minutes(mlflow_server_launcher, tmp_path,
+                                                                          monkeypatch):
+    """With the bounded client retries rsvlm.tracking sets (``HTTP_DEFAULTS``), a call while the server is down
+    fails in seconds; the run logger swallows it and training goes on."""
+    import time
+
+    from rsvlm.tracking.logger import HTTP_DEFAULTS
+
+    for name, value in HTTP_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "mlflow.db"
+    with mlflow_server_launcher(db, tmp_path / "artifacts") as uri:
+        tracking = TrackingConfig(uri=uri, artifact_location=str(tmp_path / "artifacts"), experiment="gone")
+        run_id = create_run(tracking, "gone")
+        logger = MlflowRunLogger(uri, run_id, retry_interval_s=0)
+        logger.log_metrics({"train/loss": 1.0}, step=0)
+    started = time.monotonic()
+    logger.log_metrics({"train/loss": 0.5}, step=1)  # the server is gone: dropped
+    assert time.monotonic() - started < 30

@@ -107,3 +107,69 @@ def test_a_saved_llava_folder_loads_by_path(job, tmp_path):
     torch.testing.assert_close(loaded.model.eval()(**inputs).logits, tiny.model.eval()(**inputs).logits)
     processor, image_tokens = load_processor(config)
     assert image_tokens == 16 and processor.tokenizer.get_vocab() == tiny.tokenizer.get_vocab()
+
+
+# --------------------------------------------------------------------------- model.name_or_path, offline
+
+
+@pytest.mark.parametrize("name", ["/nonexistent", "./no/such/folder", "../no-such-folder", "~/no-such-folder-rsvlm"])
+def test_a_missing_model_folder_is_said_to_be_missing(name):
+    from rsvlm.config.schema import ModelConfig
+    from rsvlm.errors import JobError
+    from rsvlm.model.build import load_pretrained, load_processor
+
+    expected = (f"model.name_or_path={name}: no such folder (give a local folder with config.json or a hub id "
+                "such as llava-hf/llava-1.5-7b-hf)")
+    for load in (lambda: load_processor(ModelConfig(name="x", name_or_path=name)), lambda: load_pretrained(name)):
+        with pytest.raises(JobError) as caught:
+            load()
+        assert str(caught.value) == expected
+
+
+def test_a_folder_without_config_json_or_a_file_is_not_a_model(tmp_path):
+    from rsvlm.errors import JobError
+    from rsvlm.model.build import resolve_model_source
+
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(JobError, match=r"the folder has no config.json, so it is not a saved transformers model"):
+        resolve_model_source(str(tmp_path))
+    with pytest.raises(JobError, match=r"weights.safetensors: is a file, not a model folder"):
+        resolve_model_source(str(tmp_path / "weights.safetensors"))
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model_source(str(tmp_path)) == str(tmp_path)
+
+
+def test_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
+    from rsvlm.errors import JobError
+    from rsvlm.model.build import looks_like_path, resolve_model_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert looks_like_path("org/model")  # an existing relative folder wins over the hub id of that name
+    assert not looks_like_path("llava-hf/llava-1.5-7b-hf") and not looks_like_path("gpt2")
+    assert all(looks_like_path(p) for p in ["/models/x", "./x", "../x", "~/x", ".", ".."])
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert resolve_model_source("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"  # nothing fetched
+    with pytest.raises(JobError, match=r"model.name_or_path=a/b/c: neither an existing folder nor a hub id"):
+        resolve_model_source("a/b/c")
+
+
+def test_an_uncached_hub_id_while_offline_says_so(tmp_path, monkeypatch):
+    from rsvlm.errors import JobError
+    from rsvlm.model.build import resolve_model_source
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(JobError) as caught:
+        resolve_model_source("llava-hf/llava-1.5-7b-hf")
+    assert str(caught.value).startswith("model.name_or_path=llava-hf/llava-1.5-7b-hf: not in the local Hugging "
+                                        "Face cache, and HF_HUB_OFFLINE=1 forbids downloading it (download it once")
+    # The same id once it is in the cache (the layout huggingface_hub writes) is fine offline.
+    snapshot = tmp_path / "hub" / "models--llava-hf--llava-1.5-7b-hf" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--llava-hf--llava-1.5-7b-hf" / "refs").mkdir()
+    (tmp_path / "hub" / "models--llava-hf--llava-1.5-7b-hf" / "refs" / "main").write_text("abc123")
+    assert resolve_model_source("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"

@@ -316,3 +316,101 @@ def test_unreachable_server_warns_once_and_does_not_raise(monkeypatch, caplog):
     assert len(warnings) == 1
     text = warnings[0].getMessage()
     assert "DROPPED" in text and "pw_leak" not in text
+
+
+_HTTP_VARIABLES = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+def test_unreachable_server_at_start_is_reported_in_seconds_once(monkeypatch, caplog):
+    """The probe, not MLflow's retries (7, with backoff: about 4 minutes), decides: a closed port is said at once."""
+    import time
+
+    from rsvlm.tracking import open_run
+
+    for name in _HTTP_VARIABLES:  # MLflow's own defaults, as if nothing had bounded them
+        monkeypatch.delenv(name, raising=False)
+    tracking = TrackingConfig(uri=f"http://user:pw_leak@127.0.0.1:{free_port()}", experiment="probe")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        run_id = open_run(tracking, "train", None, params={"lr": 1}, untracked="Training goes on untracked")
+    elapsed = time.monotonic() - started
+    assert run_id is None
+    assert elapsed < 30, f"{elapsed:.1f} s to notice a closed port"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "unreachable" in warnings[0] and "untracked" in warnings[0] and "pw_leak" not in warnings[0]
+
+
+def test_the_probe_takes_any_http_answer_for_a_server_and_skips_database_uris(tmp_path, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import mlflow.utils.rest_utils
+
+    from rsvlm.tracking.runs import probe_tracking_server
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        probe_tracking_server(f"http://127.0.0.1:{server.server_address[1]}")  # a 404 is an answer
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(MlflowException):
+        probe_tracking_server(f"http://127.0.0.1:{free_port()}")
+
+    requests: list = []
+    monkeypatch.setattr(mlflow.utils.rest_utils, "http_request", lambda *a, **k: requests.append(a))
+    for uri in (f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "mlruns"), "databricks"):
+        probe_tracking_server(uri)
+    assert requests == []
+
+
+def test_http_retries_are_bounded_unless_the_user_set_them():
+    from rsvlm.tracking.logger import HTTP_DEFAULTS, bound_http_retries
+
+    environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "300", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": ""}
+    applied = bound_http_retries(environ)
+    assert environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"  # the user's value wins
+    assert applied == {k: v for k, v in HTTP_DEFAULTS.items() if k != "MLFLOW_HTTP_REQUEST_TIMEOUT"}
+    assert environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+
+
+def test_a_tracking_process_fails_fast_against_a_closed_port_after_start_up():
+    """Every process that imports rsvlm.tracking (driver, Ray Train workers) gets the bounded retries, so a call
+    during an outage (no probe there) costs seconds, not minutes; a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import json, os, time
+        from rsvlm.tracking import MlflowRunLogger
+        from mlflow.tracking import MlflowClient
+        started = time.monotonic()
+        try:
+            MlflowClient("http://127.0.0.1:{free_port()}").get_experiment_by_name("x")
+        except Exception:
+            pass
+        print(json.dumps({{"elapsed": time.monotonic() - started,
+                          "env": {{k: v for k, v in os.environ.items() if k.startswith("MLFLOW_HTTP_REQUEST")}}}}))
+    """)
+    clean = {k: v for k, v in os.environ.items() if k not in _HTTP_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    assert outcome["elapsed"] < 30, outcome
+    assert outcome["env"]["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+                          capture_output=True, text=True, timeout=300)
+    assert json.loads(done.stdout.splitlines()[-1])["env"]["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"

@@ -18,7 +18,8 @@ from rsvlm.data.ingest import is_held_out
 from rsvlm.model.build import load_model
 from rsvlm.strategies import build_strategy
 from rsvlm.train.finetune import data_seed, total_training_steps
-from rsvlm.train.loop import autocast_dtype, keep_trainable_in_fp32
+from rsvlm.train.loop import MIN_SAMPLES_FOR_MASK_CHECK, FullyMaskedError, autocast_dtype, check_fully_masked, \
+    keep_trainable_in_fp32
 from rsvlm.train.optim import warmup_cosine
 from rsvlm.train.progress import ProgressLine, format_duration
 from rsvlm.train.state import (
@@ -220,3 +221,50 @@ def test_progress_lines_count_eta_from_the_resumed_step_and_do_not_wrap_a_day():
     line = stream.getvalue()
     assert line.startswith("step 60/100 (60%) loss 1.5 ") and "\r" not in line
     assert line.rstrip().endswith("eta 0:00:40")
+
+
+# ------------------------------------------------------------------------------------ fully masked samples
+
+
+def test_a_short_run_is_judged_at_its_end_on_every_sample(tmp_path):
+    """5 of 37 samples fully masked (13.5%) in a 4-step run: too few to judge while training, refused at its end."""
+    job = compose([f"workdir={tmp_path}", "data.max_length=73"])
+    assert 37 < MIN_SAMPLES_FOR_MASK_CHECK
+    check_fully_masked(5, 37, job)  # while training: not yet enough samples to judge
+    with pytest.raises(FullyMaskedError) as caught:
+        check_fully_masked(5, 37, job, final=True)
+    assert str(caught.value) == (
+        f"data.uri={tmp_path}/data/prepared: 5 of 37 samples (13.5%) had every label masked, more than "
+        "data.max_fully_masked_fraction=0.01 (at the end of the run, over every sample it trained on); no model is "
+        "registered (raise data.max_length (now 73) so the answers fit, or fix the data)")
+    check_fully_masked(0, 37, job, final=True)
+    check_fully_masked(0, 0, job, final=True)  # nothing trained on: nothing to judge
+
+
+def test_training_stops_early_only_when_the_share_is_clearly_too_large(tmp_path):
+    job = compose([f"workdir={tmp_path}"])  # threshold 1%
+    # One fully masked sample in the first 64 (1.6%) is what a dataset with 0.5% gives a quarter of the time:
+    # no reason to stop (the old rule did), the end of the run judges it exactly.
+    check_fully_masked(1, 64, job)
+    check_fully_masked(20, 1000, job)  # 2%: maybe above 1%, not beyond doubt yet
+    with pytest.raises(FullyMaskedError, match=r"8 of 64 samples \(12.5%\).*after 64 samples, clearly above"):
+        check_fully_masked(8, 64, job)
+    with pytest.raises(FullyMaskedError, match=r"30 of 1000 samples \(3.0%\)"):
+        check_fully_masked(30, 1000, job)
+    with pytest.raises(FullyMaskedError, match=r"\(1.2%\)"):
+        check_fully_masked(12, 1000, job, final=True)
+    strict = compose([f"workdir={tmp_path}", "data.max_fully_masked_fraction=0"])
+    with pytest.raises(FullyMaskedError, match="max_fully_masked_fraction=0 "):
+        check_fully_masked(1, 64, strict)
+    check_fully_masked(64, 64, compose([f"workdir={tmp_path}", "data.max_fully_masked_fraction=1"]), final=True)
+
+
+def test_the_fully_masked_error_travels_through_ray_as_itself(tmp_path):
+    import pickle
+
+    job = compose([f"workdir={tmp_path}"])
+    with pytest.raises(FullyMaskedError) as caught:
+        check_fully_masked(9, 10, job, final=True)
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is FullyMaskedError and str(again) == str(caught.value)
+

@@ -2,14 +2,81 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from rsvlm.config.schema import AttentionImplementation, DType, ModelConfig
+from rsvlm.errors import JobError
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
+MODEL_FIX = "give a local folder with config.json or a hub id such as llava-hf/llava-1.5-7b-hf"
+_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """Whether ``model.name_or_path`` means a folder: absolute, ``./``, ``../``, ``~``, ``.``/``..``, or a path
+    that exists. Anything else is a hub id (``org/name`` or ``name``)."""
+    return (name_or_path in (".", "..") or name_or_path.startswith(_PATH_PREFIXES)
+            or os.path.exists(name_or_path))
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """What transformers should load for ``model.name_or_path``: a checked folder or a checked hub id.
+
+    A path (:func:`looks_like_path`) must be a folder holding ``config.json``; a hub id must be well formed,
+    and when the hub is offline (``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1``) already in the local
+    Hugging Face cache. Each failure is a :class:`~rsvlm.errors.JobError` naming the setting and the problem,
+    instead of huggingface_hub's "Repo id must use alphanumeric chars" for a folder that is not there.
+    """
+    what = f"model.name_or_path={name_or_path}"
+    if looks_like_path(name_or_path):
+        folder = Path(name_or_path).expanduser()
+        if not folder.exists():
+            raise JobError(what, "no such folder", MODEL_FIX)
+        if not folder.is_dir():
+            raise JobError(what, "is a file, not a model folder", MODEL_FIX)
+        if not (folder / "config.json").is_file():
+            raise JobError(what, "the folder has no config.json, so it is not a saved transformers model",
+                           "give the folder that save_pretrained wrote (config.json, weights, processor files), "
+                           "or a hub id such as llava-hf/llava-1.5-7b-hf")
+        return str(folder)
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise JobError(what, "neither an existing folder nor a hub id (org/name)", MODEL_FIX) from None
+    if hub_offline() and not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        raise JobError(what, "not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it",
+                       f"download it once with network access (huggingface-cli download {name_or_path}), "
+                       "or give a local folder with config.json")
+    return name_or_path
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub may not be reached (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    truthy = {"1", "on", "yes", "true"}
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        os.environ.get(name, "").strip().lower() in truthy for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@contextlib.contextmanager
+def _loading(name_or_path: str, part: str) -> Iterator[None]:
+    """transformers' errors for a model that cannot be loaded, as one JobError line naming the setting."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise JobError(f"model.name_or_path={name_or_path}", f"cannot load its {part}: {first}", MODEL_FIX) from exc
 
 
 @dataclass
@@ -39,12 +106,19 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
 
 def load_pretrained(name_or_path: str, dtype: DType = DType.float32,
                     attn_implementation: AttentionImplementation = AttentionImplementation.sdpa) -> LoadedModel:
-    """A saved LLaVA-family model and processor (``AutoModelForImageTextToText``), from the hub or a folder."""
+    """A saved LLaVA-family model and processor (``AutoModelForImageTextToText``), from the hub or a folder.
+
+    ``name_or_path`` is checked first (:func:`resolve_model_source`); a missing folder, a folder without
+    config.json, a malformed hub id or an uncached id while offline is a one-line JobError.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(name_or_path)
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=TORCH_DTYPES[dtype],
-                                                        attn_implementation=attn_implementation.value)
+    source = resolve_model_source(name_or_path)
+    with _loading(name_or_path, "processor"):
+        processor = AutoProcessor.from_pretrained(source)
+    with _loading(name_or_path, "weights"):
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=TORCH_DTYPES[dtype],
+                                                            attn_implementation=attn_implementation.value)
     return LoadedModel(model, processor)
 
 
@@ -65,4 +139,9 @@ def load_processor(cfg: ModelConfig) -> tuple[object, int]:
         return loaded.processor, loaded.image_token_count
     from transformers import AutoConfig, AutoProcessor
 
-    return AutoProcessor.from_pretrained(cfg.name_or_path), image_token_count(AutoConfig.from_pretrained(cfg.name_or_path))
+    source = resolve_model_source(cfg.name_or_path)
+    with _loading(cfg.name_or_path, "config"):
+        config = AutoConfig.from_pretrained(source)
+    with _loading(cfg.name_or_path, "processor"):
+        processor = AutoProcessor.from_pretrained(source)
+    return processor, image_token_count(config)

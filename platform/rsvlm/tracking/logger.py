@@ -15,11 +15,20 @@ try can block for the HTTP timeout and retries, so trying on every step would st
 call that succeeds again ends the outage and logs how many batches were lost. System metrics stop at the
 first failure. Errors that are the caller's fault (invalid metric name, unknown run id) still raise. Tags
 and artifacts are not covered: the driver logs them at the start or end of a job and decides there.
+
+How long one call can block: MLflow's HTTP client retries a failed request 7 times with exponential backoff
+(about 4 minutes against a closed port) and waits 120 s for each answer. Importing this module (which every
+process that tracks does: the driver, and the Ray Train workers through the training loop) bounds that with
+:data:`HTTP_DEFAULTS` (2 retries, backoff factor 1, 30 s timeout: a few seconds against a refused connection,
+about 1.5 minutes at worst against a silent host) for each variable the user has not set. It is done at import
+rather than when a logger is made because MLflow reads them at every request, and a local Ray started by the
+driver afterwards passes the driver's environment on to its workers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
@@ -37,6 +46,23 @@ from mlflow.tracking import MlflowClient
 from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url_credentials, redact
 
 log = logging.getLogger(__name__)
+
+# What MLflow's HTTP client may spend on one request, unless the user set otherwise (see the module docstring).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def bound_http_retries(environ=os.environ) -> dict[str, str]:
+    """Set each of :data:`HTTP_DEFAULTS` the user left unset (or empty) in ``environ``; returns those set."""
+    applied = {name: value for name, value in HTTP_DEFAULTS.items() if not environ.get(name)}
+    environ.update(applied)
+    return applied
+
+
+bound_http_retries()
 
 # MLflow's per-request limits for log_batch (mlflow.utils.validation).
 _MAX_METRICS_PER_BATCH = 1000

@@ -3,6 +3,10 @@
 Experiments are always created with an explicit artifact location. Left to MLflow, a sqlite tracking URI
 puts artifacts in ``./mlartifacts`` relative to whatever the current directory of the creating process
 happens to be; we want them beside the database (or in the configured bucket) for every process.
+
+A job that opens a run (:func:`open_run`) first probes an ``http(s)://`` tracking server with one request of
+:data:`PROBE_TIMEOUT_S` and no retries (:func:`probe_tracking_server`), so a server that is not there is
+reported in seconds, once, instead of after the client's retries of every call. Database URIs are not probed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# How long the start-up probe of a tracking server waits to connect, and then for its answer.
+PROBE_TIMEOUT_S = 5.0
 _FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 # ``s3://``, ``file:``, ``mlflow-artifacts:`` ...; at least two letters so ``C:\\`` stays a local path.
 _URI_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
@@ -111,19 +117,37 @@ def best_effort(action: Callable[[], Any]) -> None:
         log.warning("could not update MLflow: %s", mask_url_credentials(str(exc)))
 
 
+def probe_tracking_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise an MlflowException at once when the ``http(s)://`` tracking server ``uri`` does not answer.
+
+    One ``GET <uri>/health`` with MLflow's own credentials and TLS settings, ``timeout_s`` to connect and as
+    much for the answer, no retries. Any HTTP answer counts (a 401, a 404 behind a proxy): the server is
+    there, and the real calls will say what else is wrong. Other URIs (sqlite, a folder) are not probed.
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, backoff_factor=0,
+                 timeout=(timeout_s, timeout_s), raise_on_status=False)
+
+
 def open_run(tracking: TrackingConfig, run_name: str, previous_run_id: str | None, *, params: Mapping[str, Any],
              tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
              untracked: str = "the job goes on untracked") -> str | None:
     """The run a (possibly restarted) job logs into: ``previous_run_id`` reopened, else a new run with ``params``.
 
-    None when tracking is off, or when the server cannot be reached: that is said once, with ``untracked``
-    telling what it means for this job, and the job goes on. Mistakes of the caller are raised.
+    None when tracking is off, or when the server cannot be reached (:func:`probe_tracking_server`, or a
+    failure of the calls after it): that is said once, with ``untracked`` telling what it means for this job,
+    and the job goes on. Mistakes of the caller are raised.
     """
     from rsvlm.tracking.logger import is_transient_tracking_error, make_logger
 
     if not tracking.enabled:
         return None
     try:
+        probe_tracking_server(tracking.uri)
         if previous_run_id:
             reopen_run(tracking.uri, previous_run_id)
             return previous_run_id
