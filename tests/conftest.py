@@ -43,11 +43,21 @@ def local_ray():
 
     if not ray.is_initialized():
         start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        # Not inherited by the job processes the tests start: they must not join this instance.
-        os.environ.pop("RAY_ADDRESS", None)
+        os.environ.pop("RAY_ADDRESS", None)  # see _jobs_start_their_own_ray
     yield ray
     # Ray Data iterators a test left unfinished (a run that ended mid-epoch in local mode) hold prefetch
     # threads; collected before shutdown, they stop, instead of touching the shut-down worker, which makes the
     # process exit 1 with no test summary.
     gc.collect()
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _jobs_start_their_own_ray():
+    """A Ray this session starts (the fixture above, or a library call such as ``run_finetune`` that found none)
+    puts its address in ``RAY_ADDRESS``; the job processes later tests start would then join it instead of
+    starting their own, as a user's separate jobs do."""
+    before = os.environ.get("RAY_ADDRESS")
+    yield
+    if before is None:
+        os.environ.pop("RAY_ADDRESS", None)

@@ -78,3 +78,10 @@ def test_a_jobs_ray_processes_ask_their_own_cluster_when_another_runs(local_ray)
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "alive: True" in done.stdout
+
+
+def test_starting_a_local_ray_leaves_the_drivers_environment_as_it_was(local_ray):
+    import os
+
+    # The session's Ray was started by start_local_ray: the jobs a test starts must not find its address.
+    assert "RAY_ADDRESS" not in os.environ and "RAY_GCS_SERVER_PORT" not in os.environ

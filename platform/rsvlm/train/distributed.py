@@ -57,27 +57,29 @@ def start_local_ray(**init_options: Any) -> str:
     Train V2's placement-group cleaner does (it asks the state API whether its controller lives): with two
     jobs' Rays on one machine it can ask the other one, find no such controller, and remove the live run's
     placement group. So the GCS port is chosen here and ``RAY_ADDRESS`` names it in the environment the
-    instance's processes inherit (and in this driver's, while Ray runs: a later ``ray.init()`` here joins
-    it). ``init_options`` go to ``ray.init``. Returns the GCS address.
+    instance's processes inherit from ``ray.init``, and in this process's while Ray runs (Ray Data's hang
+    detector asks the state API from the driver). ``init_options`` go to ``ray.init``. Returns the GCS
+    address.
     """
     for attempt in range(3):
         port = _free_port()
         address = f"127.0.0.1:{port}"
-        previous_port = os.environ.get("RAY_GCS_SERVER_PORT")
+        previous = {name: os.environ.get(name) for name in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
         os.environ["RAY_GCS_SERVER_PORT"], os.environ["RAY_ADDRESS"] = str(port), address
         try:
             # "local" starts an instance even though RAY_ADDRESS is set (None or "auto" would join it).
             ray.init(address="local", _node_ip_address="127.0.0.1", **init_options)
+            previous.pop("RAY_ADDRESS")  # kept: it names the instance this process now runs
             return address
         except Exception:
-            os.environ.pop("RAY_ADDRESS", None)
             if attempt == 2:
                 raise
         finally:
-            if previous_port is None:
-                os.environ.pop("RAY_GCS_SERVER_PORT", None)
-            else:
-                os.environ["RAY_GCS_SERVER_PORT"] = previous_port
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     raise AssertionError("unreachable")
 
 
