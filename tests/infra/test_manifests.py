@@ -252,7 +252,8 @@ def test_every_container_requests_resources_and_long_running_ones_are_probed():
                     if not container.get(probe):
                         problems.append(f"{name}: no {probe}")
         if obj["kind"] == "RayCluster" or obj["kind"] == "RayJob":
-            cluster = obj["spec"] if obj["kind"] == "RayCluster" else obj["spec"]["rayClusterSpec"]
+            # A RayJob on the standing cluster (clusterSelector) has no cluster spec of its own.
+            cluster = obj["spec"] if obj["kind"] == "RayCluster" else obj["spec"].get("rayClusterSpec") or {}
             if cluster.get("enableInTreeAutoscaling"):
                 if not (cluster.get("autoscalerOptions", {}).get("resources") or {}).get("requests"):
                     problems.append(f"{where}: {describe(obj)}: the autoscaler container has no resource requests")
@@ -343,7 +344,8 @@ def referenced_secrets() -> dict[str, set[str]]:
             for source in container.get("envFrom") or []:
                 if "secretRef" in source:
                     found.setdefault(source["secretRef"]["name"], set())
-        cluster = obj["spec"] if obj["kind"] == "RayCluster" else (obj.get("spec") or {}).get("rayClusterSpec")
+        # A RayJob on the standing cluster (clusterSelector) has no cluster spec of its own.
+        cluster = obj["spec"] if obj["kind"] == "RayCluster" else (obj.get("spec") or {}).get("rayClusterSpec") or {}
         if obj["kind"] in ("RayCluster", "RayJob") and (cluster.get("authOptions") or {}).get("secretName"):
             found.setdefault(cluster["authOptions"]["secretName"], set()).add("auth_token")
     return found

@@ -100,55 +100,18 @@ def rotated_map(
     if not gt:
         raise ValueError("rotated_map got no images: nothing to score")
     images = list(zip(gt, pred))
+    # Counted before reference mode drops these images, so both modes report the same number.
     without_gt = sum(1 for truths, _ in images if not truths)
     if mode == "reference":
-        images = [(truths, preds) for truths, preds in images if truths]
-        if not images:
-            raise ValueError(
-                "rotated_map: no image has a ground-truth box, so mAP is undefined (the published eval_rbbox_map "
-                "fails here with an IndexError)"
-            )
-        known = set(classes)
-        # Published: ground-truth labels outside the vocabulary match no class id; predictions with label -1
-        # are appended to per_class[-1], the last class.
-        images = [
-            (
-                [d for d in truths if d.label in known],
-                [Detection(d.label if d.label in known else classes[-1], d.box) for d in preds],
-            )
-            for truths, preds in images
-        ]
-        labels: list[str | None] = list(classes)
+        images, labels = _reference_images(images, classes)
     else:
-        labels = list(dict.fromkeys(d.label for truths, preds in images for d in (*truths, *preds)))
-        if not labels:
-            raise ValueError("rotated_map: no ground-truth and no predicted box in any image, mAP is undefined")
+        images, labels = _strict_images(images)
 
     per_class: dict[str, dict[str, Any]] = {}
     for label in labels:
-        flags: list[bool] = []
-        n_gt = 0
-        for truths, preds in images:
-            class_truths = [d.box.scaled(tile_size, tile_size) for d in truths if d.label == label]
-            class_preds = [d.box.scaled(tile_size, tile_size) for d in preds if d.label == label]
-            n_gt += len(class_truths)
-            flags += _match(class_truths, class_preds, iou_threshold)
-        if n_gt == 0 and not flags:
-            continue
-        recalls, precisions, hits = [], [], 0
-        for rank, hit in enumerate(flags, start=1):
-            hits += hit
-            recalls.append(hits / n_gt if n_gt else 0.0)
-            precisions.append(hits / rank)
-        per_class[UNCATEGORISED if label is None else label] = {
-            "ap_11point": average_precision(recalls, precisions, "11point", mode=mode),
-            "ap_all_point": average_precision(recalls, precisions, "all_point", mode=mode),
-            "ground_truths": n_gt,
-            "predictions": len(flags),
-            "true_positives": hits,
-            # Reference averages only classes with ground truth; strict also those only predicted (AP 0).
-            "in_mean": n_gt > 0 or mode == "strict",
-        }
+        entry = _score_class(images, label, iou_threshold=iou_threshold, mode=mode, tile_size=tile_size)
+        if entry is not None:
+            per_class[UNCATEGORISED if label is None else label] = entry
     scored = [entry for entry in per_class.values() if entry["in_mean"]]
     # Only reference can get here with nothing to average (every ground-truth label outside the vocabulary);
     # the published code then reports 0.0.
@@ -158,6 +121,69 @@ def rotated_map(
         "per_class": per_class,
         "images": len(images),
         "images_without_gt": without_gt,
+    }
+
+
+_Images = list[tuple[Sequence[Detection], Sequence[Detection]]]
+
+
+def _reference_images(images: _Images, classes: Sequence[str]) -> tuple[_Images, list[str | None]]:
+    """Reference mode: the images and class labels the published code scores, with its faults."""
+    # Published: images without ground truth are dropped, so their predictions cost nothing.
+    images = [(truths, preds) for truths, preds in images if truths]
+    if not images:
+        raise ValueError(
+            "rotated_map: no image has a ground-truth box, so mAP is undefined (the published eval_rbbox_map "
+            "fails here with an IndexError)"
+        )
+    known = set(classes)
+    # Published: ground-truth labels outside the vocabulary match no class id; predictions with label -1
+    # are appended to per_class[-1], the last class.
+    images = [
+        (
+            [d for d in truths if d.label in known],
+            [Detection(d.label if d.label in known else classes[-1], d.box) for d in preds],
+        )
+        for truths, preds in images
+    ]
+    return images, list(classes)
+
+
+def _strict_images(images: _Images) -> tuple[_Images, list[str | None]]:
+    """Strict mode: every image is scored, and every label seen (first-seen order) is its own class."""
+    labels = list(dict.fromkeys(d.label for truths, preds in images for d in (*truths, *preds)))
+    if not labels:
+        raise ValueError("rotated_map: no ground-truth and no predicted box in any image, mAP is undefined")
+    return images, labels
+
+
+def _score_class(
+    images: _Images, label: str | None, *, iou_threshold: float, mode: Mode, tile_size: float
+) -> dict[str, Any] | None:
+    """One class's AP entry over all images, or None when it has neither ground truth nor prediction."""
+    flags: list[bool] = []
+    n_gt = 0
+    for truths, preds in images:
+        # Matching is per image: a prediction may only take a ground-truth box of its own image.
+        class_truths = [d.box.scaled(tile_size, tile_size) for d in truths if d.label == label]
+        class_preds = [d.box.scaled(tile_size, tile_size) for d in preds if d.label == label]
+        n_gt += len(class_truths)
+        flags += _match(class_truths, class_preds, iou_threshold)
+    if n_gt == 0 and not flags:
+        return None
+    recalls, precisions, hits = [], [], 0
+    for rank, hit in enumerate(flags, start=1):
+        hits += hit
+        recalls.append(hits / n_gt if n_gt else 0.0)
+        precisions.append(hits / rank)
+    return {
+        "ap_11point": average_precision(recalls, precisions, "11point", mode=mode),
+        "ap_all_point": average_precision(recalls, precisions, "all_point", mode=mode),
+        "ground_truths": n_gt,
+        "predictions": len(flags),
+        "true_positives": hits,
+        # Reference averages only classes with ground truth; strict also those only predicted (AP 0).
+        "in_mean": n_gt > 0 or mode == "strict",
     }
 
 

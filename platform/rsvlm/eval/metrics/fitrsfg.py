@@ -249,10 +249,7 @@ def complex_comprehension_metrics(
     check_mode(mode)
     seen: dict[str, int] = defaultdict(int)
     scored: dict[str, int] = defaultdict(int)
-    detection: dict[str, tuple[list[list[Detection]], list[list[Detection]]]] = defaultdict(lambda: ([], []))
-    relations: tuple[list[list[str]], list[list[str]]] = ([], [])
-    reasoning: tuple[list[RelationTriple | None], list[RelationTriple | None]] = ([], [])
-    graphs: dict[str, tuple[list[SceneGraph], list[SceneGraph]]] = defaultdict(lambda: ([], []))
+    pairs = _ComplexPairs()
     count = 0
     for index, row in enumerate(rows):
         count += 1
@@ -261,64 +258,103 @@ def complex_comprehension_metrics(
             continue
         seen[task] += 1
         truth, answer = _text(row, "ground_truth", index), _text(row, "answer", index)
+        # Truncated ground truths cannot be scored, in either mode.
         if "due to the context length" in truth or "..." in truth:
             continue
-        if task == "task1":
-            parsed = parse_detection(truth, answer, mode=mode)
-            if parsed is None:
-                continue
-            _append(detection["task1"], parsed)
-        elif task == "task2":
-            _append(relations, (parse_relation_tokens(truth), parse_relation_tokens(answer)))
-        elif task == "task3":
-            _append(reasoning, (parse_relation_triple(truth), parse_relation_triple(answer)))
-        elif task == "task4":
-            categorised = is_categorised(truth)
-            _append(
-                detection["task4"],
-                (
-                    parse_object_reasoning(truth, categorised=categorised, mode=mode),
-                    parse_object_reasoning(answer, categorised=categorised, mode=mode),
-                ),
-            )
-        elif task == "task5":
-            if not _has_box(truth):
-                continue
-            gt_graph = parse_region_scene_graph(truth, mode=mode)
-            _append(graphs["task5"], (gt_graph, parse_region_scene_graph(answer, mode=mode)))
-        else:
-            # Strict keeps negatives and box-less ground truths: they have no triplet (recall skips them) but
-            # the boxes an answer invents there are false positives of the detection mAP.
-            if mode == "reference" and (not _has_box(truth) or "sorry" in truth):
-                continue
-            gt_parsed = parse_image_scene_graph(truth, answer=False, mode=mode)
-            pred_parsed = parse_image_scene_graph(answer, answer=True, mode=mode)
-            if gt_parsed is None or pred_parsed is None:
-                continue
-            _append(graphs["task6"], (gt_parsed[0], pred_parsed[0]))
-            _append(detection["task6"], (gt_parsed[1], pred_parsed[1]))
-        scored[task] += 1
+        if _route_complex_row(pairs, task, truth, answer, mode):
+            scored[task] += 1
     if count == 0:
         raise ValueError("complex_comprehension_metrics got no rows: nothing to score")
+    results = _complex_results(pairs, scored, mode=mode, iou_threshold=iou_threshold, tile_size=tile_size)
+    results["rows"] = {task: {"seen": seen[task], "scored": scored[task]} for task in COMPLEX_TASKS if seen[task]}
+    return results
 
+
+class _ComplexPairs:
+    """Ground-truth / answer lists of one answer file, collected per task for the metric functions."""
+
+    def __init__(self) -> None:
+        # defaultdicts so a task that never occurs costs nothing and the result routing stays uniform.
+        self.detection: dict[str, tuple[list[list[Detection]], list[list[Detection]]]] = defaultdict(
+            lambda: ([], [])
+        )
+        self.relations: tuple[list[list[str]], list[list[str]]] = ([], [])
+        self.reasoning: tuple[list[RelationTriple | None], list[RelationTriple | None]] = ([], [])
+        self.graphs: dict[str, tuple[list[SceneGraph], list[SceneGraph]]] = defaultdict(lambda: ([], []))
+
+
+def _route_complex_row(pairs: _ComplexPairs, task: str, truth: str, answer: str, mode: Mode) -> bool:
+    """Parse one task1–task6 row into ``pairs``; return whether it was scored (not skipped)."""
+    if task == "task1":
+        parsed = parse_detection(truth, answer, mode=mode)
+        if parsed is None:
+            return False
+        _append(pairs.detection["task1"], parsed)
+    elif task == "task2":
+        _append(pairs.relations, (parse_relation_tokens(truth), parse_relation_tokens(answer)))
+    elif task == "task3":
+        _append(pairs.reasoning, (parse_relation_triple(truth), parse_relation_triple(answer)))
+    elif task == "task4":
+        _route_object_reasoning(pairs, truth, answer, mode)
+    elif task == "task5":
+        # Published: task-5 rows whose ground truth has no box are skipped.
+        if not _has_box(truth):
+            return False
+        gt_graph = parse_region_scene_graph(truth, mode=mode)
+        _append(pairs.graphs["task5"], (gt_graph, parse_region_scene_graph(answer, mode=mode)))
+    else:
+        return _route_image_scene_graph(pairs, truth, answer, mode)
+    return True
+
+
+def _route_object_reasoning(pairs: _ComplexPairs, truth: str, answer: str, mode: Mode) -> None:
+    """Task 4: both sides parsed with the ground truth's categorised/uncategorised form."""
+    categorised = is_categorised(truth)
+    _append(
+        pairs.detection["task4"],
+        (
+            parse_object_reasoning(truth, categorised=categorised, mode=mode),
+            parse_object_reasoning(answer, categorised=categorised, mode=mode),
+        ),
+    )
+
+
+def _route_image_scene_graph(pairs: _ComplexPairs, truth: str, answer: str, mode: Mode) -> bool:
+    """Task 6: scene graph and detection sentences; return whether the row was scored."""
+    # Strict keeps negatives and box-less ground truths: they have no triplet (recall skips them) but
+    # the boxes an answer invents there are false positives of the detection mAP.
+    if mode == "reference" and (not _has_box(truth) or "sorry" in truth):
+        return False
+    gt_parsed = parse_image_scene_graph(truth, answer=False, mode=mode)
+    pred_parsed = parse_image_scene_graph(answer, answer=True, mode=mode)
+    if gt_parsed is None or pred_parsed is None:
+        return False
+    _append(pairs.graphs["task6"], (gt_parsed[0], pred_parsed[0]))
+    _append(pairs.detection["task6"], (gt_parsed[1], pred_parsed[1]))
+    return True
+
+
+def _complex_results(
+    pairs: _ComplexPairs, scored: Mapping[str, int], *, mode: Mode, iou_threshold: float, tile_size: float
+) -> dict[str, Any]:
+    """Metrics of every task that had a scored row, in task order (the ``rows`` summary is added by the caller)."""
     results: dict[str, Any] = {}
     box_options = {"iou_threshold": iou_threshold, "mode": mode, "tile_size": tile_size}
     if scored["task1"]:
-        results["task1"] = _defined(rotated_map, *detection["task1"], **box_options)
+        results["task1"] = _defined(rotated_map, *pairs.detection["task1"], **box_options)
     if scored["task2"]:
-        results["task2"] = relation_prf(*relations, mode=mode)
+        results["task2"] = relation_prf(*pairs.relations, mode=mode)
     if scored["task3"]:
-        results["task3"] = _defined(relation_reasoning_prf, *reasoning, mode=mode)
+        results["task3"] = _defined(relation_reasoning_prf, *pairs.reasoning, mode=mode)
     if scored["task4"]:
-        results["task4"] = _defined(rotated_map, *detection["task4"], **box_options)
+        results["task4"] = _defined(rotated_map, *pairs.detection["task4"], **box_options)
     if scored["task5"]:
-        results["task5"] = _defined(scene_graph_recall, *graphs["task5"], **box_options)
+        results["task5"] = _defined(scene_graph_recall, *pairs.graphs["task5"], **box_options)
     if scored["task6"]:
         results["task6"] = {
-            "scene_graph": _defined(scene_graph_recall, *graphs["task6"], **box_options),
-            "detection": _defined(rotated_map, *detection["task6"], **box_options),
+            "scene_graph": _defined(scene_graph_recall, *pairs.graphs["task6"], **box_options),
+            "detection": _defined(rotated_map, *pairs.detection["task6"], **box_options),
         }
-    results["rows"] = {task: {"seen": seen[task], "scored": scored[task]} for task in COMPLEX_TASKS if seen[task]}
     return results
 
 

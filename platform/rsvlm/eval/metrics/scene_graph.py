@@ -62,22 +62,8 @@ def scene_graph_recall(
     scored (in reference also when every answer is empty: the published code then reports NaN).
     """
     check_mode(mode)
-    if len(gt_graphs) != len(pred_graphs):
-        raise ValueError(
-            f"scene_graph_recall needs one predicted graph per image: got {len(pred_graphs)} predicted and "
-            f"{len(gt_graphs)} ground-truth graphs"
-        )
-    if not gt_graphs:
-        raise ValueError("scene_graph_recall got no images: nothing to score")
-    class_index = {name: i for i, name in enumerate(classes)}
-    relation_index = {name: i for i, name in enumerate(relations)}
-
-    def label(name: str | None) -> Hashable:
-        return class_index.get(name, _UNKNOWN) if mode == "reference" and name is not None else name
-
-    def predicate(name: str) -> Hashable:
-        return relation_index.get(name, _UNKNOWN) if mode == "reference" else name
-
+    _check_inputs(gt_graphs, pred_graphs)
+    label, predicate = _labelers(mode, classes, relations)
     image_recalls: list[float] = []
     # reference: slot -> per-image recalls, slots as published (see _reference_slots); strict: name -> recalls
     per_relation: dict[Hashable, list[float]] = defaultdict(list)
@@ -87,43 +73,15 @@ def scene_graph_recall(
             skipped += 1
             continue
         gt_triplets = _triplets(truth, label, predicate, tile_size)
-        pred_triplets = _triplets(answer, label, predicate, tile_size)
-        recalled = [
-            any(
-                labels == pred_labels and _close(boxes[0], pred_boxes[0], iou_threshold)
-                and _close(boxes[1], pred_boxes[1], iou_threshold)
-                for pred_labels, pred_boxes in pred_triplets
-            )
-            for labels, boxes in gt_triplets
-        ]
-        if mode == "reference":
-            # Published: the denominator is the number of distinct (subject id, object id) pairs.
-            denominator = len({(s, o) for s, _, o in truth.relations})
-        else:
-            denominator = len(gt_triplets)
-        image_recalls.append(sum(recalled) / denominator)
-        hits: dict[Hashable, int] = defaultdict(int)
-        counts: dict[Hashable, int] = defaultdict(int)
-        for (labels, _), hit in zip(gt_triplets, recalled):
-            for key in _reference_slots(labels[1], len(relations)) if mode == "reference" else (labels[1],):
-                counts[key] += 1
-                hits[key] += hit
-        for key, count in counts.items():
-            per_relation[key].append(hits[key] / count)
+        recalled = _recalled(gt_triplets, _triplets(answer, label, predicate, tile_size), iou_threshold)
+        image_recalls.append(sum(recalled) / _image_denominator(truth, gt_triplets, mode))
+        _add_relation_recalls(per_relation, gt_triplets, recalled, mode, len(relations))
     if not image_recalls:
         raise ValueError(
             f"scene_graph_recall could score no image ({skipped} skipped: ground truth without triplets"
             + (", or an answer without triplets, which the published code skips)" if mode == "reference" else ")")
         )
-    if mode == "reference":
-        # Published calculate_mean_recall: slots 1..58 averaged over all 58 (empty slots as 0) and reported
-        # under relations[0..57], i.e. the name one position before the relation the slot holds.
-        values = [_mean(per_relation.get(slot, [])) for slot in range(1, len(relations) + 1)]
-        named = dict(zip(relations, values))
-        mean_recall = sum(values) / len(relations)
-    else:
-        named = {str(name): _mean(per_relation[name]) for name in sorted(per_relation, key=str)}
-        mean_recall = sum(named.values()) / len(named)
+    named, mean_recall = _summarise_relations(per_relation, mode, relations)
     return {
         "recall": sum(image_recalls) / len(image_recalls),
         "mean_recall": mean_recall,
@@ -131,6 +89,87 @@ def scene_graph_recall(
         "images": len(image_recalls),
         "images_skipped": skipped,
     }
+
+
+def _check_inputs(gt_graphs: Sequence[SceneGraph], pred_graphs: Sequence[SceneGraph]) -> None:
+    """Reject mismatched or empty inputs before scoring, so a misaligned pairing never scores silently."""
+    if len(gt_graphs) != len(pred_graphs):
+        raise ValueError(
+            f"scene_graph_recall needs one predicted graph per image: got {len(pred_graphs)} predicted and "
+            f"{len(gt_graphs)} ground-truth graphs"
+        )
+    if not gt_graphs:
+        raise ValueError("scene_graph_recall got no images: nothing to score")
+
+
+def _labelers(mode: Mode, classes: Sequence[str], relations: Sequence[str]) -> tuple[Any, Any]:
+    """The (class label, relation) keys triplets are compared on: published ids in reference, names in strict."""
+    class_index = {name: i for i, name in enumerate(classes)}
+    relation_index = {name: i for i, name in enumerate(relations)}
+
+    # Reference maps out-of-vocabulary names to one id (-1), so they all compare equal, as published;
+    # None (a task-5 question's region) stays None in both modes.
+    def label(name: str | None) -> Hashable:
+        return class_index.get(name, _UNKNOWN) if mode == "reference" and name is not None else name
+
+    def predicate(name: str) -> Hashable:
+        return relation_index.get(name, _UNKNOWN) if mode == "reference" else name
+
+    return label, predicate
+
+
+def _recalled(
+    gt_triplets: list[tuple[tuple, tuple]], pred_triplets: list[tuple[tuple, tuple]], iou_threshold: float
+) -> list[bool]:
+    """Whether each ground-truth triplet is matched by some prediction (labels equal, both boxes close)."""
+    # No one-to-one constraint, as published: one prediction may recall several identical ground truths.
+    return [
+        any(
+            labels == pred_labels and _close(boxes[0], pred_boxes[0], iou_threshold)
+            and _close(boxes[1], pred_boxes[1], iou_threshold)
+            for pred_labels, pred_boxes in pred_triplets
+        )
+        for labels, boxes in gt_triplets
+    ]
+
+
+def _image_denominator(truth: SceneGraph, gt_triplets: list[tuple[tuple, tuple]], mode: Mode) -> int:
+    """The per-image recall denominator."""
+    if mode == "reference":
+        # Published: the denominator is the number of distinct (subject id, object id) pairs.
+        return len({(s, o) for s, _, o in truth.relations})
+    return len(gt_triplets)
+
+
+def _add_relation_recalls(
+    per_relation: dict[Hashable, list[float]],
+    gt_triplets: list[tuple[tuple, tuple]],
+    recalled: list[bool],
+    mode: Mode,
+    n_relations: int,
+) -> None:
+    """Append one image's recalled fraction for each relation key (published slots or names) it holds."""
+    hits: dict[Hashable, int] = defaultdict(int)
+    counts: dict[Hashable, int] = defaultdict(int)
+    for (labels, _), hit in zip(gt_triplets, recalled):
+        for key in _reference_slots(labels[1], n_relations) if mode == "reference" else (labels[1],):
+            counts[key] += 1
+            hits[key] += hit
+    for key, count in counts.items():
+        per_relation[key].append(hits[key] / count)
+
+
+def _summarise_relations(
+    per_relation: dict[Hashable, list[float]], mode: Mode, relations: Sequence[str]
+) -> tuple[dict[str, float], float]:
+    """The reported per-relation recalls and their mean recall."""
+    if mode == "reference":
+        # Published calculate_mean_recall: slots 1..58 averaged over all 58 (empty slots as 0) and reported
+        # under relations[0..57], i.e. the name one position before the relation the slot holds.
+        values = [_mean(per_relation.get(slot, [])) for slot in range(1, len(relations) + 1)]
+        return dict(zip(relations, values)), sum(values) / len(relations)
+    named = {str(name): _mean(per_relation[name]) for name in sorted(per_relation, key=str)}
+    return named, sum(named.values()) / len(named)
 
 
 def _triplets(graph: SceneGraph, label: Any, predicate: Any, tile_size: float) -> list[tuple[tuple, tuple]]:
