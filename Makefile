@@ -35,18 +35,18 @@ bench: setup
 	for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script $(ARGS); done
 
 # Local stack on 127.0.0.1 (S3 :9000, MLflow :5000, Ray :6379, dashboard :8265; other ports via ARGS, e.g.
-# ARGS="--dashboard-port 8266"). Logic in platform/rsvlm/stack.py; state, pids and logs in $(STACK_DIR).
+# ARGS="--dashboard-port 8266"). Logic in platform/rsvlm/dev/stack.py; state, pids and logs in $(STACK_DIR).
 STACK_DIR ?= .stack
 
 stack: setup
-	@$(PY) -m rsvlm.stack up --state-dir $(STACK_DIR) $(ARGS)
+	@$(PY) -m rsvlm.dev.stack up --state-dir $(STACK_DIR) $(ARGS)
 
 # eval "$$(make -s stack-env)" exports AWS_ENDPOINT_URL, the fake keys, MLFLOW_TRACKING_URI, RAY_ADDRESS.
 stack-env:
-	@$(PY) -m rsvlm.stack env --state-dir $(STACK_DIR)
+	@$(PY) -m rsvlm.dev.stack env --state-dir $(STACK_DIR)
 
 stack-down:
-	@$(PY) -m rsvlm.stack down --state-dir $(STACK_DIR) $(ARGS)
+	@$(PY) -m rsvlm.dev.stack down --state-dir $(STACK_DIR) $(ARGS)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

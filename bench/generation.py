@@ -188,8 +188,7 @@ def measure_generation(job, questions: list[dict], batch_size: int, repeats: int
     counts = count_new_tokens(loaded)
 
     def generate(some, max_new_tokens=bench.max_new_tokens):
-        return generate_answers(loaded, some, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                aspect=job.model.image_aspect)
+        return generate_answers(loaded, some, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
     generate(prompts[:job.benchmark.batch_size])
     counts.clear()

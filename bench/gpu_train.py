@@ -94,7 +94,8 @@ def build_model(shape: dict, device, dtype):
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from rsvlm.config.schema import OptimConfig, StrategyConfig, StrategyName, Trainability
+    from rsvlm.config.strategy import StrategyConfig, StrategyName, Trainability
+    from rsvlm.config.training import OptimConfig
     from rsvlm.model.memory import enable_gradient_checkpointing
     from rsvlm.model.parts import model_parts
     from rsvlm.strategies import build_strategy

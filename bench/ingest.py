@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--fetch-threads", type=int, default=1, help="data.fetch_threads of the Ray pipeline")
     args = parser.parse_args()
 
-    from rsvlm.services import run_s3_server
+    from rsvlm.dev.services import run_s3_server
 
     with tempfile.TemporaryDirectory(prefix="rsvlm-bench-ingest-") as scratch, \
             run_s3_server(Path(scratch) / "s3") as endpoint:
@@ -59,7 +59,9 @@ def main() -> None:
 def run(scratch: Path, endpoint: str, args: argparse.Namespace) -> dict:
     import boto3
 
-    from rsvlm.config.schema import DataConfig, ModelConfig, StorageConfig, TinyModelConfig
+    from rsvlm.config.data import DataConfig
+    from rsvlm.config.model import ModelConfig, TinyModelConfig
+    from rsvlm.config.storage import StorageConfig
     from rsvlm.data.prepare import prepare_dataset
     from rsvlm.data.samples import SampleBuilder
     from rsvlm.data.storage import Storage

@@ -68,8 +68,10 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from rsvlm.config.schema import OptimConfig, StrategyConfig, StrategyName, TinyModelConfig, Trainability
-    from rsvlm.model.tiny import build_tiny_llava
+    from rsvlm.config.model import ModelConfig, TinyModelConfig
+    from rsvlm.config.strategy import StrategyConfig, StrategyName, Trainability
+    from rsvlm.config.training import OptimConfig
+    from rsvlm.model.build import load_model
     from rsvlm.strategies import build_strategy
     from rsvlm.train.optim import build_optimizer, warmup_cosine
     from rsvlm.train.step import train_step
@@ -77,7 +79,7 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     tiny = TinyModelConfig(text_hidden_size=args.hidden, text_layers=args.layers, text_heads=args.heads,
                            text_intermediate_size=args.intermediate, max_position_embeddings=max(512, args.seq))
-    model, _ = build_tiny_llava(tiny, seed=0)
+    model = load_model(ModelConfig(tiny=tiny)).model
     name = StrategyName.full if args.variant == "full" else (
         StrategyName.lora if args.variant == "lora" else StrategyName.moe_lora)
     strategy_config = StrategyConfig(name=name, llm=Trainability.full if name is StrategyName.full else

@@ -3,12 +3,15 @@
 Library code raises :class:`JobError` (or its subclass ``ConfigError``) for every mistake a user can fix:
 bad input, a missing dataset or model, a service that cannot be reached. The job entry point
 (``rsvlm.config.hydra_main``) prints ``error: `` + that line and exits non-zero; a traceback is printed only
-with ``RSVLM_DEBUG=1``. Nothing here imports the rest of rsvlm, so every layer may raise these.
+with ``RSVLM_DEBUG=1``. Nothing here imports the rest of rsvlm but ``rsvlm.redaction`` (which imports none), so
+every layer may raise these.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Optional
+
+from rsvlm.redaction import mask_url_credentials
 
 # Set to 1 to get the full traceback of a failed job after its one-line error.
 DEBUG_ENV = "RSVLM_DEBUG"
@@ -69,8 +72,6 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
 def as_job_error(exc: BaseException) -> JobError:
     """The one-line error a user should read for ``exc``: the :class:`JobError` behind it, else a description
     of the innermost error (with the hint to rerun with ``RSVLM_DEBUG=1``)."""
-    from rsvlm.redaction import mask_url_credentials
-
     chain = list(causes(exc))
     for err in chain:
         # Ray re-raises a worker's error as a class that is both RayTaskError and the error's own type, whose

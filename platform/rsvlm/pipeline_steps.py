@@ -38,12 +38,18 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
+from mlflow.tracking import MlflowClient
+
 from rsvlm.config import ConfigError, JobConfig, compose, conf_dir, report_error
+from rsvlm.data.prepare import read_manifest
+from rsvlm.data.storage import Storage
 from rsvlm.errors import JobError
 from rsvlm.redaction import has_url_credentials, mask_url_credentials
 
@@ -257,8 +263,6 @@ def rayjob_name(verb: str, pipeline_run: str) -> str:
 
 
 def _ray_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("ray")
     except PackageNotFoundError:
@@ -497,8 +501,6 @@ class RayJobLauncher:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -511,17 +513,12 @@ def _state(rayjob: Mapping[str, Any]) -> tuple[str, str, str]:
 # --------------------------------------------------------------------------------------------- the steps
 
 def _client(job: JobConfig):
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient(tracking_uri=job.tracking.uri, registry_uri=job.tracking.uri)
 
 
 def prepare_data_step(overrides: Sequence[str], pipeline_run: str,
                       launcher: Optional[Launcher] = None) -> dict[str, Any]:
     """Run ``jobs/prepare_data.py``; return the prepared dataset's URI and its manifest."""
-    from rsvlm.data.prepare import read_manifest
-    from rsvlm.data.storage import Storage
-
     overrides = [*overrides, _pipeline_tag(pipeline_run)]
     job = compose_step(overrides)
     (launcher or SubprocessLauncher()).run("prepare_data", overrides, job, pipeline_run=pipeline_run)

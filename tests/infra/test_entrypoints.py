@@ -15,7 +15,7 @@ import pytest
 from infra_checks import (INFRA, REPO, container_environment, describe, job_commands, kustomization_dirs,
                           render, unquoted_shell_specials)
 from rsvlm.config import ConfigError, compose, expand_shorthands, protect_credentials
-from rsvlm.config.schema import JobConfig
+from rsvlm.config.job import JobConfig
 
 JOB_DIRS = [d for d in kustomization_dirs() if d.parent.parent == INFRA / "kuberay" / "jobs"]
 # Variables a config group reads with ${oc.env:…}: cleared first so that this machine's environment (the test
@@ -191,7 +191,7 @@ def test_entrypoint_parser():
     for bad in ("python jobs/prepare_data.py && python jobs/evaluate.py",  # the submitter's shell runs the 2nd
                 "python jobs/finetune.py a=1; rm -rf /", "python jobs/sweep.py 'space={a: 1}' | tee log",
                 "python jobs/sweep.py +sweep.space.optim.lr={loguniform:[1e-3,1e-2]}",  # brace expansion
-                "python -m rsvlm.stack up", "python train.py", "ray job submit -- python jobs/finetune.py",
+                "python -m rsvlm.dev.stack up", "python train.py", "ray job submit -- python jobs/finetune.py",
                 "bash -c 'python jobs/finetune.py; python jobs/evaluate.py'"):
         with pytest.raises(ValueError):
             job_commands(bad)

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from rsvlm.services import run_mlflow_server, run_s3_server
+from rsvlm.dev.services import run_mlflow_server, run_s3_server
 from support import TEST_BUCKET
 
 

@@ -125,7 +125,7 @@ def test_unreachable_tracking_server_trains_untracked_and_says_so_once(tmp_path,
     import logging
 
     from rsvlm.config import compose
-    from rsvlm.services import free_port
+    from rsvlm.dev.services import free_port
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

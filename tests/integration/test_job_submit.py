@@ -1,5 +1,5 @@
 """The user path of the local stack: ``ray job submit --working-dir . -- python jobs/finetune.py …`` against a
-Ray head, MLflow server and S3 endpoint running as separate processes on 127.0.0.1 (``rsvlm.stack``).
+Ray head, MLflow server and S3 endpoint running as separate processes on 127.0.0.1 (``rsvlm.dev.stack``).
 
 The head is its own cluster with its own temporary folder; this test process never calls ``ray.init``, so it
 does not touch the session's in-process Ray (``local_ray``).
@@ -20,8 +20,8 @@ import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rsvlm.services import free_port, pid_alive
-from rsvlm.stack import MLFLOW_BUCKET, Stack, StackPorts, processes_under, start_stack, stop_stack
+from rsvlm.dev.services import free_port, pid_alive
+from rsvlm.dev.stack import MLFLOW_BUCKET, Stack, StackPorts, processes_under, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from rsvlm.config import ConfigError
-from rsvlm.config.schema import JudgeConfig
+from rsvlm.config.evaluation import JudgeConfig
+from rsvlm.dev.services import free_port
 from rsvlm.eval.judge import (
     SYSTEM_PROMPT,
     JudgeClient,
@@ -30,7 +31,6 @@ from rsvlm.eval.judge import (
     judge_answers,
     parse_scores,
 )
-from rsvlm.services import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rsvlm.services import free_port
+from rsvlm.dev.services import free_port
 from support import checkpoint_folder, tree_bytes
 
-from rsvlm.config.schema import TrackingConfig
+from rsvlm.config.tracking import TrackingConfig
 from rsvlm.tracking import (
     MASK,
     MlflowRunLogger,

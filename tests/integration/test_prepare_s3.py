@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from rsvlm.config.schema import DataConfig, OnError, StorageConfig
+from rsvlm.config.data import DataConfig, OnError
+from rsvlm.config.storage import StorageConfig
 from rsvlm.data.prepare import MANIFEST, REJECTS, PrepareError, prepare_dataset, read_prepared_records
 from rsvlm.data.storage import Storage
 from rsvlm.errors import JobError
@@ -158,7 +159,8 @@ def test_an_image_root_prefix_without_objects_or_a_missing_bucket_is_one_error(b
 # prepare_data killed (SIGKILL) half-way through uploading a new version over an older one.
 KILLED_MID_UPLOAD = """
 import os, signal, sys
-from rsvlm.config.schema import DataConfig, StorageConfig
+from rsvlm.config.data import DataConfig
+from rsvlm.config.storage import StorageConfig
 from rsvlm.data.prepare import prepare_dataset
 from rsvlm.data.storage import Storage
 

@@ -15,7 +15,7 @@ import time
 import boto3
 import pytest
 
-from rsvlm.config.schema import StorageConfig
+from rsvlm.config.storage import StorageConfig
 from rsvlm.data.storage import Storage
 from rsvlm.errors import JobError
 from rsvlm.train import run_lock
@@ -142,7 +142,7 @@ def test_a_lease_of_a_dead_process_of_this_machine_is_taken_over_at_once(storage
     folder = f"{s3_prefix}/{NAME}"
     holder = textwrap.dedent(f"""
         import sys, time
-        from rsvlm.config.schema import StorageConfig
+        from rsvlm.config.storage import StorageConfig
         from rsvlm.data.storage import Storage
         from rsvlm.train import run_lock
 

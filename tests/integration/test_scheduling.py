@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rsvlm.config.schema import ScalingConfig
+from rsvlm.config.training import ScalingConfig
 from rsvlm.errors import JobError
 from rsvlm.train.distributed import check_resources
 

@@ -1,4 +1,4 @@
-"""The local stack (``python -m rsvlm.stack up|down``, what ``make stack`` runs): S3, MLflow and a Ray head
+"""The local stack (``python -m rsvlm.dev.stack up|down``, what ``make stack`` runs): S3, MLflow and a Ray head
 come up on the ports asked for, answer, and are gone after ``down``, with nothing left running."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from rsvlm.services import answers, free_port, pid_alive
-from rsvlm.stack import FAKE_CREDENTIALS, MLFLOW_BUCKET, load_stack, processes_under
+from rsvlm.dev.services import answers, free_port, pid_alive
+from rsvlm.dev.stack import FAKE_CREDENTIALS, MLFLOW_BUCKET, load_stack, processes_under
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def stack_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rsvlm.stack", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rsvlm.dev.stack", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

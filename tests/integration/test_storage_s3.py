@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsvlm.config.schema import StorageConfig
+from rsvlm.config.storage import StorageConfig
 from rsvlm.data.storage import PUBLISH_MARKER, Storage
 
 
@@ -64,7 +64,7 @@ def test_publish_folder_writes_the_manifest_last_and_removes_stale_files(storage
 
 def test_wrong_credentials_fail_with_the_uri_and_without_the_secret(s3_endpoint, prefix, monkeypatch):
     """moto accepts any key, so point at a closed port instead: the error names the URI, not the secret."""
-    from rsvlm.services import free_port
+    from rsvlm.dev.services import free_port
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
     storage = Storage(StorageConfig(endpoint_url=f"http://127.0.0.1:{free_port()}"))

@@ -100,7 +100,7 @@ def prepared(tmp_path_factory):
 
 def test_a_failing_trial_is_retried_then_reported_while_the_others_finish(tmp_path, prepared, local_ray):
     from rsvlm.config import compose
-    from rsvlm.train.finetune import RunRecord, read_record
+    from rsvlm.tracking.lifecycle import RunRecord, read_record
     from rsvlm.tune.sweep import run_sweep
 
     # 16 tokens cannot hold the image and the answer, so that trial finds no sample with a label to learn.

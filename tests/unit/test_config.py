@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rsvlm.config import ConfigError, compose, conf_dir, from_dict, to_dict
-from rsvlm.config.schema import StrategyName, Trainability
+from rsvlm.config.strategy import StrategyName, Trainability
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP_OPTIONS = sorted((group.name, option.stem) for group in conf_dir().iterdir() if group.is_dir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rsvlm.config.schema import DataFormat
+from rsvlm.config.data import DataFormat
 from rsvlm.data.formats import detect_format, infer_task, parse_records
 from rsvlm.data.records import Record, RecordError, check_record
 

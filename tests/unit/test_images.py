@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from rsvlm.config.schema import ImageAspect, TinyModelConfig
+from rsvlm.config.model import ImageAspect, ModelConfig, TinyModelConfig
 from rsvlm.data.images import (expand_to_square, image_problem, normalize_pixels, open_rgb, preprocess_images,
                                resize_images)
 from rsvlm.data.samples import collate
-from rsvlm.model.tiny import build_tiny_llava
+from rsvlm.model.build import load_model
 
 
 @pytest.fixture(scope="module")
 def image_processor():
-    return build_tiny_llava(TinyModelConfig(image_size=64, patch_size=16), seed=0)[1].image_processor
+    return load_model(ModelConfig(tiny=TinyModelConfig(image_size=64, patch_size=16))).processor.image_processor
 
 
 def png(image: Image.Image) -> bytes:

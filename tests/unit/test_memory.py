@@ -7,7 +7,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from rsvlm.config import compose, from_dict
-from rsvlm.config.schema import StrategyConfig
+from rsvlm.config.strategy import StrategyConfig
 from rsvlm.model.build import load_model
 from rsvlm.model.memory import (
     GIB,
@@ -17,7 +17,8 @@ from rsvlm.model.memory import (
     trainable_parameter_report,
 )
 from rsvlm.model.parts import model_parts
-from rsvlm.strategies import build_strategy, trainable_parameter_counts
+from rsvlm.model.parts import trainable_parameter_counts
+from rsvlm.strategies import build_strategy
 from support import llava_batch as batch
 
 # The tiny model's defaults (TinyModelConfig), float32: 4 bytes per element.

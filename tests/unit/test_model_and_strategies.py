@@ -10,9 +10,9 @@ from safetensors import safe_open
 
 from rsvlm.config import compose
 from rsvlm.model.build import load_model
-from rsvlm.model.parts import model_parts
-from rsvlm.strategies import build_strategy, trainable_parameter_counts
-from rsvlm.strategies.checkpoint import load_checkpoint, save_checkpoint
+from rsvlm.model.parts import model_parts, trainable_parameter_counts
+from rsvlm.strategies import build_strategy
+from rsvlm.strategies.checkpoint import checkpoint_configs, load_checkpoint, save_checkpoint
 from support import llava_batch
 
 
@@ -93,7 +93,7 @@ def test_full_checkpoint_round_trip(tmp_path):
 
 def test_a_saved_llava_folder_loads_by_path(job, tmp_path):
     """The path users take with real checkpoints (`model.name_or_path=/models/llava-1.5-7b-hf`), offline."""
-    from rsvlm.config.schema import ModelConfig
+    from rsvlm.config.model import ModelConfig
     from rsvlm.model.build import load_processor
 
     tiny = load_model(job.model)
@@ -114,13 +114,13 @@ def test_a_saved_llava_folder_loads_by_path(job, tmp_path):
 
 @pytest.mark.parametrize("name", ["/nonexistent", "./no/such/folder", "../no-such-folder", "~/no-such-folder-rsvlm"])
 def test_a_missing_model_folder_is_said_to_be_missing(name):
-    from rsvlm.config.schema import ModelConfig
+    from rsvlm.config.model import ModelConfig
     from rsvlm.errors import JobError
     from rsvlm.model.build import load_pretrained, load_processor
 
     expected = (f"model.name_or_path={name}: no such folder (give a local folder with config.json or a hub id "
                 "such as llava-hf/llava-1.5-7b-hf)")
-    for load in (lambda: load_processor(ModelConfig(name="x", name_or_path=name)), lambda: load_pretrained(name)):
+    for load in (lambda: load_processor(ModelConfig(name="x", name_or_path=name)), lambda: load_pretrained(ModelConfig(name="x", name_or_path=name))):
         with pytest.raises(JobError) as caught:
             load()
         assert str(caught.value) == expected
@@ -173,3 +173,46 @@ def test_an_uncached_hub_id_while_offline_says_so(tmp_path, monkeypatch):
     (tmp_path / "hub" / "models--llava-hf--llava-1.5-7b-hf" / "refs").mkdir()
     (tmp_path / "hub" / "models--llava-hf--llava-1.5-7b-hf" / "refs" / "main").write_text("abc123")
     assert resolve_model_source("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
+
+
+@pytest.mark.parametrize("strategy", ["lora", "moe_lora", "full"])
+def test_every_strategy_saves_the_same_from_a_gathered_state_dict(strategy, tmp_path):
+    """One ``save`` signature for all: a gathered (FSDP) state_dict gives the checkpoint the model itself gives."""
+    from safetensors.torch import load_file
+
+    job = compose([f"workdir={tmp_path}", f"strategy={strategy}", "strategy.rank=4", "strategy.alpha=8"])
+    loaded = load_model(job.model)
+    strategy_object = build_strategy(job.strategy)
+    model = strategy_object.apply(loaded.model)
+    strategy_object.save(model, tmp_path / "own")
+    strategy_object.save(model, tmp_path / "gathered", {k: v.clone() for k, v in model.state_dict().items()})
+    weights = sorted(p.name for p in (tmp_path / "own").glob("*.safetensors"))
+    assert weights and weights == sorted(p.name for p in (tmp_path / "gathered").glob("*.safetensors"))
+    for name in weights:
+        own, gathered = load_file(tmp_path / "own" / name), load_file(tmp_path / "gathered" / name)
+        assert own.keys() == gathered.keys()
+        assert all(torch.equal(own[key], gathered[key]) for key in own)
+
+
+def test_strategy_defaults_are_the_plain_ones(job):
+    loaded = load_model(job.model)
+    lora = build_strategy(job.strategy)
+    model = lora.apply(loaded.model)
+    assert lora.aux_loss(model) is None
+    assert lora.set_batch_tasks(model, ["vqa"]) is None
+    full = build_strategy(compose(["strategy=full"]).strategy)
+    assert full.merge(loaded.model, "vqa") is loaded.model
+
+
+def test_the_chat_template_is_the_models_and_travels_with_the_checkpoint(job, tmp_path):
+    from rsvlm.config.model import ChatTemplateName
+    from rsvlm.data.template import VICUNA_V1, chat_template
+
+    assert job.model.chat_template is ChatTemplateName.vicuna_v1 and chat_template(job.model.chat_template) is VICUNA_V1
+    loaded = load_model(job.model)
+    assert loaded.config.chat_template is ChatTemplateName.vicuna_v1
+    model = build_strategy(job.strategy).apply(loaded.model)
+    save_checkpoint(tmp_path, model, loaded.processor, job)
+    _, model_config = checkpoint_configs(tmp_path)
+    assert model_config.chat_template is ChatTemplateName.vicuna_v1
+    assert load_checkpoint(tmp_path).config == model_config

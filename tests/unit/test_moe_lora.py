@@ -12,9 +12,10 @@ from safetensors import safe_open
 from torch import nn
 
 from rsvlm.config import compose
-from rsvlm.config.schema import Routing
+from rsvlm.config.strategy import Routing
 from rsvlm.model.build import load_model
-from rsvlm.strategies import build_strategy, trainable_parameter_counts
+from rsvlm.model.parts import trainable_parameter_counts
+from rsvlm.strategies import build_strategy
 from rsvlm.strategies.checkpoint import load_checkpoint, save_checkpoint
 from rsvlm.strategies.moe_lora import (
     MoeLoraConfig,

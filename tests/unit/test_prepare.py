@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rsvlm.config.schema import DataConfig, OnError
+from rsvlm.config.data import DataConfig, OnError
 from rsvlm.data.prepare import MANIFEST, MANIFEST_FORMAT, REJECTS, PrepareError, prepare_dataset
 from rsvlm.data.storage import STALE_AFTER_S, STAGING_GRACE_S
 from rsvlm.errors import JobError
@@ -352,7 +352,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_job_prints_one_error_line_naming_the_path(root, tmp_path):
-    from rsvlm.services import free_port
+    from rsvlm.dev.services import free_port
 
     source = write_jsonl(root / "data.jsonl", [conversation("a1"), {**conversation("x1"), "image": "missing.png"}])
     foreign = root / "results"

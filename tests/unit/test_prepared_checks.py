@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rsvlm.config import compose
-from rsvlm.config.schema import DataVerify
+from rsvlm.config.data import DataVerify
 from rsvlm.data.prepare import MANIFEST, SHARD_FILES, prepare_dataset, prepared_manifest, read_manifest, \
     verified_manifest, verify_prepared
 from rsvlm.data.samples import parse_lines

@@ -1,4 +1,4 @@
-"""rsvlm.stack and the detached-service helpers of rsvlm.services, without starting the real servers."""
+"""rsvlm.dev.stack and the detached-service helpers of rsvlm.dev.services, without starting the real servers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from rsvlm.services import (
+from rsvlm.dev.services import (
     ServiceError,
     free_port,
     group_members,
@@ -18,13 +18,13 @@ from rsvlm.services import (
     start_detached,
     stop_detached,
 )
-from rsvlm.stack import FAKE_CREDENTIALS, StackPorts, _child_env, _head_env, ray_head_command, stack_env
+from rsvlm.dev.stack import FAKE_CREDENTIALS, StackPorts, _child_env, _head_env, ray_head_command, stack_env
 
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc"), reason="process groups are read from /proc")
 
 
 def test_exports_evaluate_in_a_shell_to_the_stack_variables():
-    from rsvlm.stack import Stack
+    from rsvlm.dev.stack import Stack
 
     stack = Stack("/tmp/x", StackPorts(1, 2, 3, 4), stack_env(StackPorts(1, 2, 3, 4)), "/tmp/ray")
     shell = subprocess.run(["bash", "-c", stack.exports() + "env"], capture_output=True, text=True, check=True)

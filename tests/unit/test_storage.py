@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rsvlm.config.schema import StorageConfig
+from rsvlm.config.storage import StorageConfig
 from rsvlm.data.storage import STALE_AFTER_S, STAGING_GRACE_S, Storage, StorageError, join, resolve_inside
 from rsvlm.errors import JobError
 
@@ -220,7 +220,7 @@ def test_a_lock_younger_than_the_grace_period_is_kept(tmp_path):
 
 
 def test_a_dead_s3_endpoint_is_one_line_naming_it_and_fails_fast(monkeypatch):
-    from rsvlm.services import free_port
+    from rsvlm.dev.services import free_port
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
     endpoint = f"http://127.0.0.1:{free_port()}"

@@ -9,7 +9,7 @@ import pytest
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 
 from rsvlm.config import ConfigError, to_dict
-from rsvlm.config.schema import OptimizeMode
+from rsvlm.config.sweep import OptimizeMode
 from rsvlm.tracking import flatten_config
 from rsvlm.tune.results import (
     COMPLETED,

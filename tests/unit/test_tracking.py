@@ -13,10 +13,11 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from rsvlm.services import free_port
+from rsvlm.dev.services import free_port
 from support import checkpoint_folder, tree_bytes
 
-from rsvlm.config.schema import StrategyName, TrackingConfig
+from rsvlm.config.strategy import StrategyName
+from rsvlm.config.tracking import TrackingConfig
 from rsvlm.tracking import (
     MASK,
     MAX_PARAM_VALUE_LENGTH,
@@ -414,3 +415,63 @@ def test_a_tracking_process_fails_fast_against_a_closed_port_after_start_up():
     done = subprocess.run([sys.executable, "-c", code], env={**clean, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
                           capture_output=True, text=True, timeout=300)
     assert json.loads(done.stdout.splitlines()[-1])["env"]["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+
+
+# --------------------------------------------------------------------------------------------- run lifecycle
+
+
+def test_tracked_run_ends_finished_failed_or_as_told(tracking):
+    from rsvlm.tracking.lifecycle import tracked_run
+
+    client = MlflowClient(tracking_uri=tracking.uri)
+    with tracked_run(tracking, "ok", params={"lr": 1}, tags={"rsvlm.job": "test"}) as run:
+        run.logger().log_metrics({"train/loss": 1.0}, 1)
+    finished = client.get_run(run.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.params == {"lr": "1"}
+    assert finished.data.tags["rsvlm.job"] == "test"
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracked_run(tracking, "broken", params={}) as failed:
+            raise RuntimeError("boom")
+    assert client.get_run(failed.run_id).info.status == "FAILED"
+
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(tracking, "stopped", params={}) as stopped:
+            stopped.end("KILLED")
+            raise KeyboardInterrupt
+    assert client.get_run(stopped.run_id).info.status == "KILLED"
+
+    with tracked_run(tracking, "ok", run.run_id, params={"lr": 2}) as reopened:
+        assert reopened.run_id == run.run_id
+        assert client.get_run(run.run_id).info.status == "RUNNING"
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_tracked_run_without_a_server_goes_on_untracked_or_fails_as_asked(tmp_path, caplog):
+    from rsvlm.tracking import is_transient_tracking_error
+    from rsvlm.tracking.lifecycle import tracked_run
+
+    down = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", experiment="e")
+    with caplog.at_level(logging.WARNING, logger="rsvlm.tracking.runs"):
+        with tracked_run(down, "t", params={}, untracked="Training goes on untracked") as run:
+            assert run.run_id is None and isinstance(run.logger(), NullRunLogger)
+    assert "Training goes on untracked" in caplog.text
+    with pytest.raises(Exception) as caught:
+        with tracked_run(down, "t", params={}):
+            pass
+    assert is_transient_tracking_error(caught.value)
+
+
+def test_records_round_trip_and_a_damaged_one_is_named(tmp_path):
+    from rsvlm.data.storage import Storage
+    from rsvlm.tracking.lifecycle import RunRecord, SweepRecord, read_record, write_record
+
+    storage, uri = Storage(), str(tmp_path / "run" / "rsvlm_run.json")
+    assert read_record(storage, uri) == RunRecord()
+    write_record(storage, uri, RunRecord("abc", 2, True, "/ckpt"))
+    assert read_record(storage, uri) == RunRecord("abc", 2, True, "/ckpt")
+    write_record(storage, uri, SweepRecord("p", 1))
+    assert read_record(storage, uri, SweepRecord) == SweepRecord("p", 1)
+    (tmp_path / "run" / "rsvlm_run.json").write_text("{not json")
+    with pytest.raises(ValueError, match="rsvlm_run.json: not a RunRecord"):
+        read_record(storage, uri)

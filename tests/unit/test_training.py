@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from rsvlm.config import ConfigError, compose
-from rsvlm.config.schema import MixedPrecision
+from rsvlm.config.training import MixedPrecision
 from rsvlm.data.ingest import is_held_out
 from rsvlm.model.build import load_model
 from rsvlm.strategies import build_strategy
 from rsvlm.train.finetune import data_seed, total_training_steps
-from rsvlm.train.loop import MIN_SAMPLES_FOR_MASK_CHECK, FullyMaskedError, autocast_dtype, check_fully_masked, \
-    keep_trainable_in_fp32
+from rsvlm.train.fully_masked import MIN_SAMPLES_FOR_MASK_CHECK, FullyMaskedError, check_fully_masked
+from rsvlm.train.precision import autocast_dtype, keep_trainable_in_fp32
 from rsvlm.train.optim import warmup_cosine
 from rsvlm.train.progress import ProgressLine, format_duration
 from rsvlm.train.state import (

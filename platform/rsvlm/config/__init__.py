@@ -1,4 +1,11 @@
-"""Configuration: typed schemas (``schema.py``) composed by Hydra from the YAML groups in ``conf/``.
+"""Configuration: typed schemas composed by Hydra from the YAML groups in ``conf/``; the only source of
+settings for every job.
+
+Each dataclass mirrors one Hydra group, in the module of its concern (``data``, ``storage``, ``model``,
+``strategy``, ``training``, ``tracking``, ``evaluation``, ``sweep``), and ``job.JobConfig`` holds them all.
+Hydra validates keys and types when it composes; ``__post_init__`` checks the invariants that span fields,
+and runs when a job turns the composed config into these objects (``OmegaConf.to_object``), so a bad value
+fails on the driver before any work starts.
 
 Jobs use :func:`hydra_main`; tests and the pipeline use :func:`compose`. Either way a typo or a bad value
 stops on the driver with one line that names the key and the valid choices.
@@ -21,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from rsvlm.config.errors import ConfigError
 from rsvlm.errors import DEBUG_ENV, JobError, as_job_error
 from rsvlm.redaction import has_url_credentials, move_tracking_credentials
-from rsvlm.config.schema import JobConfig
+from rsvlm.config.job import JobConfig
 
 __all__ = ["ConfigError", "JobConfig", "JobError", "as_config_error", "compose", "conf_dir", "expand_shorthands", "from_dict",
            "hydra_main", "protect_credentials", "report_error", "resolve", "to_dict"]

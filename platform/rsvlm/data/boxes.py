@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from rsvlm.config.schema import BoxConvention  # noqa: F401 - defined with the config that names it
+from rsvlm.config.evaluation import BoxConvention  # noqa: F401 - defined with the config that names it
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ strings. Each produced record is ``{"id", "image", "conversations", "task", …}
 consume are kept and end up in ``Record.meta``. ``source`` is the caller's (prepare's), and is only present
 here when the file itself names one (FIT-RS QA rows do).
 
-Formats (:class:`~rsvlm.config.schema.DataFormat`):
+Formats (:class:`~rsvlm.config.data.DataFormat`):
 
 - ``llava``: a JSON list or JSONL of ``{id, image, conversations}`` (LLaVA-1.5, RS-GPT4V). Passed through;
   ``task`` is the record's own ``task`` if it has one, else :func:`infer_task` of the first human turn.
@@ -37,7 +37,7 @@ import re
 from collections import Counter
 from typing import Any, Iterator, Optional, Union
 
-from rsvlm.config.schema import DataFormat
+from rsvlm.config.data import DataFormat
 from rsvlm.data.records import RecordError
 from rsvlm.data.template import IMAGE_PLACEHOLDER
 

@@ -9,7 +9,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from rsvlm.config.schema import ImageAspect
+from rsvlm.config.model import ImageAspect
 
 # Refuse images that would decode to more pixels than this (decompression bombs); 16k × 16k. The check is
 # ours (open_rgb), so PIL's own — a warning up to twice its limit, through the process-wide, thread-unsafe

@@ -23,11 +23,12 @@ from typing import Any, Iterator, Optional
 
 import pyarrow.fs as pafs
 
-from rsvlm.config.schema import DataConfig, DataFormat, DataVerify, OnError
+from rsvlm.config.data import DataConfig, DataFormat, DataVerify, OnError
 from rsvlm.data.formats import detect_format, parse_records
 from rsvlm.data.images import image_problem
 from rsvlm.data.records import Record, RecordError, check_record
 from rsvlm.data.storage import Storage, resolve_inside
+from rsvlm.data.synthetic import write_dataset
 from rsvlm.errors import JobError
 
 MANIFEST = "manifest.json"
@@ -99,8 +100,6 @@ def prepare_dataset(cfg: DataConfig, storage: Optional[Storage] = None) -> Prepa
     storage = storage or Storage()
     check_output(cfg.uri, storage)  # first: checking a large dataset takes long, a wrong output is quick to tell
     if cfg.synthetic is not None:
-        from rsvlm.data.synthetic import write_dataset
-
         if storage.is_remote(cfg.image_root):
             raise JobError(f"data.image_root={cfg.image_root}", "synthetic data is generated to a local folder",
                            "give a local path")

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from rsvlm.config.schema import ImageAspect
+from rsvlm.config.model import ImageAspect
 from rsvlm.data.images import normalize_pixels, open_rgb, resize_images
 from rsvlm.data.storage import Storage, resolve_inside
 from rsvlm.data.template import IGNORE_INDEX, ChatTemplate, tokenize_conversation

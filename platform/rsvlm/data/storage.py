@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from rsvlm.config.schema import StorageConfig
+from rsvlm.config.storage import StorageConfig
 from rsvlm.errors import JobError
 from rsvlm.redaction import mask_url_credentials
 
@@ -176,6 +176,19 @@ class Storage:
         if is_remote(uri):
             return self._s3_filesystem(), str(uri)[len(S3_SCHEME):]
         return pafs.LocalFileSystem(), str(local_path(uri).absolute())
+
+    @contextlib.contextmanager
+    def local_folder(self, uri: str) -> Iterator[Path]:
+        """A local folder holding the folder at ``uri``: the folder itself when local, else a temporary download."""
+        if not is_remote(uri):
+            yield local_path(uri)
+            return
+        filesystem, path = self.filesystem(uri)
+        with tempfile.TemporaryDirectory(prefix="rsvlm-download-") as scratch:
+            with self._s3_errors(uri):
+                pafs.copy_files(path, scratch, source_filesystem=filesystem,
+                                destination_filesystem=pafs.LocalFileSystem())
+            yield Path(scratch)
 
     def _s3_filesystem(self) -> pafs.S3FileSystem:
         if self._s3 is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from rsvlm.config.model import ChatTemplateName
+
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -38,6 +40,13 @@ VICUNA_V1 = ChatTemplate(
     roles=("USER", "ASSISTANT"),
     sep=" ",
 )
+
+CHAT_TEMPLATES: dict[ChatTemplateName, ChatTemplate] = {ChatTemplateName.vicuna_v1: VICUNA_V1}
+
+
+def chat_template(name: ChatTemplateName) -> ChatTemplate:
+    """The template ``model.chat_template`` names."""
+    return CHAT_TEMPLATES[ChatTemplateName(name)]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rsvlm.config import from_dict, to_dict
-from rsvlm.config.schema import JobConfig
+from rsvlm.config.job import JobConfig
 from rsvlm.data.images import open_rgb
 from rsvlm.data.storage import Storage, resolve_inside
 from rsvlm.eval.generate import Prompt, generate_answers
@@ -56,7 +56,7 @@ class QuestionAnswerer:
                 images[image] = open_rgb(self.storage.read_bytes(resolve_inside(bench.image_root, str(image))))
             prompts.append(Prompt(str(text), images[image] if image else None))
         answers = generate_answers(self.loaded, prompts, batch_size=bench.batch_size,
-                                   max_new_tokens=bench.max_new_tokens, aspect=self.job.model.image_aspect)
+                                   max_new_tokens=bench.max_new_tokens)
         return {"index": batch["index"], "answer": np.array(answers, dtype=object)}
 
 
@@ -78,8 +78,8 @@ def answer_questions(job: JobConfig, model_uri: str, questions: Sequence[dict[st
     # Batches of several generation batches per actor call: the actor sorts each by length before padding.
     dataset = ray.data.from_items(rows).map_batches(
         QuestionAnswerer, fn_constructor_kwargs={"job": to_dict(job), "model_uri": model_uri},
-        batch_size=job.benchmark.batch_size * 4, concurrency=job.benchmark.workers, num_gpus=gpus,
-        batch_format="numpy")
+        batch_size=job.benchmark.batch_size * 4, compute=ray.data.ActorPoolStrategy(size=job.benchmark.workers),
+        num_gpus=gpus, batch_format="numpy")
     answers = [""] * len(questions)
     for row in dataset.iter_rows():
         answers[int(row["index"])] = str(row["answer"])

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
-from rsvlm.config.schema import BenchmarkConfig, BenchmarkKind
-from rsvlm.data.boxes import BoxConvention, parse_boxes
+from rsvlm.config.evaluation import BenchmarkConfig, BenchmarkKind
+from rsvlm.data.boxes import BoxConvention
 from rsvlm.errors import JobError
 from rsvlm.eval.metrics import (
     caption_scores,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rsvlm.config.schema import JobConfig
+from rsvlm.config.job import JobConfig
 from rsvlm.data.prepare import read_prepared_records
 from rsvlm.data.images import open_rgb
 from rsvlm.data.storage import Storage, join, resolve_inside
@@ -25,7 +25,8 @@ from rsvlm.eval.report import write_report
 from rsvlm.eval.benchmark import (join_answers, majority_answers, prediction_rows, read_answers, read_questions,
                                   score_predictions, write_jsonl)
 from rsvlm.errors import JobError
-from rsvlm.tracking import create_run, finish_run, make_logger, pin_model_uri
+from rsvlm.tracking import pin_model_uri
+from rsvlm.tracking.lifecycle import tracked_run
 from rsvlm.tracking.promotion import (EVAL_SOURCE_TAG, SOURCE_ANSWER_FILE, SOURCE_MODEL, SOURCE_MODEL_VERSION,
                                       metric_key, set_model_version_tags)
 
@@ -173,12 +174,12 @@ def _log_evaluation(job: JobConfig, evaluation: Evaluation, model_uri: str, answ
             EVAL_SOURCE_TAG: source}
     if evaluation.model_name:
         tags.update({"rsvlm.model_name": evaluation.model_name, "rsvlm.model_version": evaluation.model_version})
-    run_id = create_run(job.tracking, f"eval-{job.benchmark.name}-{evaluation.label}", tags=tags)
-    logger = make_logger(job.tracking.uri, run_id, True)
     prefix = f"eval/{job.benchmark.name}"
-    logger.log_metrics({metric_key(f"{prefix}/{key}"): value for key, value in evaluation.metrics.items()}, 0)
-    logger.log_artifacts(str(evaluation.predictions_path.parent), f"eval/{job.benchmark.name}")
-    finish_run(job.tracking.uri, run_id, "FINISHED")
+    with tracked_run(job.tracking, f"eval-{job.benchmark.name}-{evaluation.label}", params={}, tags=tags) as run:
+        logger = run.logger()
+        logger.log_metrics({metric_key(f"{prefix}/{key}"): value for key, value in evaluation.metrics.items()}, 0)
+        logger.log_artifacts(str(evaluation.predictions_path.parent), f"eval/{job.benchmark.name}")
+    run_id = run.run_id
     if source == SOURCE_MODEL_VERSION:
         set_model_version_tags(job.tracking.uri, evaluation.model_name, evaluation.model_version,
                                {f"{prefix}/{key}": str(value) for key, value in evaluation.metrics.items()}

@@ -9,9 +9,8 @@ from typing import Optional, Sequence
 import torch
 from PIL import Image
 
-from rsvlm.config.schema import ImageAspect
 from rsvlm.data.images import preprocess_images
-from rsvlm.data.template import IMAGE_PLACEHOLDER, VICUNA_V1, ChatTemplate, tokenize_conversation
+from rsvlm.data.template import IMAGE_PLACEHOLDER, chat_template, tokenize_conversation
 from rsvlm.model.build import LoadedModel
 
 # Prompts are never truncated for generation; this only guards against absurd inputs.
@@ -26,10 +25,14 @@ class Prompt:
 
 @torch.inference_mode()
 def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], *, batch_size: int = 16,
-                     max_new_tokens: int = 32, aspect: ImageAspect = ImageAspect.pad,
-                     template: ChatTemplate = VICUNA_V1) -> list[str]:
-    """The model's greedy answer to each prompt, in order. Prompts of similar length are batched together."""
+                     max_new_tokens: int = 32) -> list[str]:
+    """The model's greedy answer to each prompt, in order. Prompts of similar length are batched together.
+
+    Prompts are written in the model's own chat template, images prepared with its own aspect setting (a
+    checkpoint records both), so evaluation asks as training taught.
+    """
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    template, aspect = chat_template(loaded.config.chat_template), loaded.config.image_aspect
     device = next(model.parameters()).device
     encoded = []
     for prompt in prompts:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from rsvlm.config.errors import ConfigError
-from rsvlm.config.schema import JudgeConfig
+from rsvlm.config.evaluation import JudgeConfig
 from rsvlm.redaction import MASK, mask_url_credentials
 
 logger = logging.getLogger(__name__)

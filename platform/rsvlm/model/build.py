@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from rsvlm.config.schema import AttentionImplementation, DType, ModelConfig
+from rsvlm.config.model import DType, ModelConfig
+from rsvlm.data.synthetic import corpus as synthetic_corpus
+from rsvlm.data.template import chat_template
 from rsvlm.errors import JobError
+from rsvlm.model.tiny import build_tiny_llava
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 MODEL_FIX = "give a local folder with config.json or a hub id such as llava-hf/llava-1.5-7b-hf"
@@ -46,9 +53,6 @@ def resolve_model_source(name_or_path: str) -> str:
                            "give the folder that save_pretrained wrote (config.json, weights, processor files), "
                            "or a hub id such as llava-hf/llava-1.5-7b-hf")
         return str(folder)
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(name_or_path)
     except HFValidationError:
@@ -62,10 +66,8 @@ def resolve_model_source(name_or_path: str) -> str:
 
 def hub_offline() -> bool:
     """Whether the Hugging Face hub may not be reached (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    from huggingface_hub import constants
-
     truthy = {"1", "on", "yes", "true"}
-    return bool(constants.HF_HUB_OFFLINE) or any(
+    return bool(hub_constants.HF_HUB_OFFLINE) or any(
         os.environ.get(name, "").strip().lower() in truthy for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
@@ -83,6 +85,7 @@ def _loading(name_or_path: str, part: str) -> Iterator[None]:
 class LoadedModel:
     model: nn.Module
     processor: object  # a transformers processor: .tokenizer and .image_processor
+    config: ModelConfig  # what it was built from: its chat template and image handling
 
     @property
     def tokenizer(self):
@@ -96,30 +99,32 @@ class LoadedModel:
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """The untrained base model named by ``cfg`` (``tiny``, e.g. ``llava-hf/llava-1.5-7b-hf``, or a folder)."""
     if cfg.name_or_path == "tiny":
-        from rsvlm.model.tiny import build_tiny_llava
-
-        model, processor = build_tiny_llava(cfg.tiny, cfg.init_seed)
+        model, processor = build_tiny_llava(cfg.tiny, cfg.init_seed, tiny_tokenizer_corpus(cfg))
         model.set_attn_implementation(cfg.attn_implementation.value)
-        return LoadedModel(model.to(TORCH_DTYPES[cfg.dtype]), processor)
-    return load_pretrained(cfg.name_or_path, cfg.dtype, cfg.attn_implementation)
+        return LoadedModel(model.to(TORCH_DTYPES[cfg.dtype]), processor, cfg)
+    return load_pretrained(cfg)
 
 
-def load_pretrained(name_or_path: str, dtype: DType = DType.float32,
-                    attn_implementation: AttentionImplementation = AttentionImplementation.sdpa) -> LoadedModel:
+def tiny_tokenizer_corpus(cfg: ModelConfig) -> list[str]:
+    """What the tiny model's tokenizer learns from: the synthetic generator's phrases and the chat template's."""
+    template = chat_template(cfg.chat_template)
+    return [template.system, f"{template.roles[0]}: ", f" {template.roles[1]}:", *synthetic_corpus()]
+
+
+def load_pretrained(cfg: ModelConfig) -> LoadedModel:
     """A saved LLaVA-family model and processor (``AutoModelForImageTextToText``), from the hub or a folder.
 
-    ``name_or_path`` is checked first (:func:`resolve_model_source`); a missing folder, a folder without
+    ``cfg.name_or_path`` is checked first (:func:`resolve_model_source`); a missing folder, a folder without
     config.json, a malformed hub id or an uncached id while offline is a one-line JobError.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
+    name_or_path = cfg.name_or_path
     source = resolve_model_source(name_or_path)
     with _loading(name_or_path, "processor"):
         processor = AutoProcessor.from_pretrained(source)
     with _loading(name_or_path, "weights"):
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=TORCH_DTYPES[dtype],
-                                                            attn_implementation=attn_implementation.value)
-    return LoadedModel(model, processor)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=TORCH_DTYPES[cfg.dtype],
+                                                            attn_implementation=cfg.attn_implementation.value)
+    return LoadedModel(model, processor, cfg)
 
 
 def image_token_count(config) -> int:
@@ -137,8 +142,6 @@ def load_processor(cfg: ModelConfig) -> tuple[object, int]:
     if cfg.name_or_path == "tiny":
         loaded = load_model(cfg)
         return loaded.processor, loaded.image_token_count
-    from transformers import AutoConfig, AutoProcessor
-
     source = resolve_model_source(cfg.name_or_path)
     with _loading(cfg.name_or_path, "config"):
         config = AutoConfig.from_pretrained(source)

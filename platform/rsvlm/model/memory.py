@@ -8,10 +8,12 @@ The estimate is per GPU (every data-parallel worker holds a full replica) and co
     activations = LLM + vision tower + logits
 
 AdamW's moments (``exp_avg``, ``exp_avg_sq``) are created with ``torch.zeros_like(param)``, so they take the
-parameter's dtype: 8 bytes per trainable parameter for float32 (the tiny model, peft's float32 adapters),
-4 for bfloat16. rsvlm trains the parameters in ``model.dtype`` directly, without autocast or float32 master
-weights, so the mixed-precision rule of thumb of two float32 moments (8 bytes) would double this term for
-a bf16 model; measured on an H100 (below), the moments of a bf16 model took 2 bytes each.
+parameter's dtype: 8 bytes per trainable parameter for float32, 4 for bfloat16. When
+``train.mixed_precision`` autocasts, what trains is held in float32 (master weights,
+``rsvlm.train.precision.keep_trainable_in_fp32``) and frozen weights stay in ``model.dtype``; the estimate
+is made after that, from each parameter's own dtype, so it counts 4 + 4 + 8 bytes per trainable parameter
+then. Without autocast a bf16 model trains in bf16, and its moments took 2 bytes each when measured on an
+H100 (below).
 
 Activations use the estimate for one transformer layer with 16-bit activations of Korthikanti et al. 2022,
 "Reducing Activation Recomputation in Large Transformer Models" (s = sequence, b = micro-batch,
@@ -56,7 +58,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rsvlm.model.parts import _unwrap, model_parts
+from rsvlm.model.parts import inner_model, model_parts, trainable_parameter_counts
 
 GIB = 2**30
 ADAMW_MOMENTS = 2  # exp_avg and exp_avg_sq, each in the parameter's dtype
@@ -113,7 +115,7 @@ def estimate_training_memory(model: nn.Module, *, micro_batch_size: int, seq_len
         if parameter.requires_grad:
             gradients += size
 
-    config = _unwrap(model).config
+    config = inner_model(model).config
     text, vision = config.text_config, config.vision_config
     parts = model_parts(model)
     b = micro_batch_size
@@ -157,8 +159,6 @@ def layer_input_bytes(s: int, b: int, h: int, element_bytes: int = 2) -> int:
 
 def trainable_parameter_report(model: nn.Module) -> list[str]:
     """Trainable / total parameters, overall and per part (vision tower, projector, LLM)."""
-    from rsvlm.strategies.base import trainable_parameter_counts  # strategies import model, not the reverse
-
     counts = trainable_parameter_counts(model)
     trainable = sum(c["trainable"] for c in counts.values())
     total = sum(c["total"] for c in counts.values())
@@ -178,7 +178,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     embedding for this, the vision tower's patch embedding included; that would make a frozen tower record
     its whole forward pass and backpropagate through it for nothing, so only the LLM's is kept.
     """
-    core = _unwrap(model)
+    core = inner_model(model)
     kwargs = {"use_reentrant": False}
     if hasattr(core, "activation_checkpointing_enable"):  # transformers ≥ 5 (gradient_… is its deprecated alias)
         core.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

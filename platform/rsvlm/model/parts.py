@@ -13,7 +13,7 @@ def model_parts(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
     Works on the bare model and under peft / DDP wrappers, by finding the parts by identity rather than by
     name-sniffing: only the attribute names of transformers' LLaVA-family classes are assumed.
     """
-    top = _unwrap(model)
+    top = inner_model(model)
     core = top.model
     wanted = {
         "vision_tower": [core.vision_tower],
@@ -34,7 +34,21 @@ def part_of_parameter(model: nn.Module) -> dict[str, str]:
     return owner
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def trainable_parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """``{part: {"trainable": n, "total": n}}`` for vision tower, projector and LLM (adapters count to their part)."""
+    owner = part_of_parameter(model)
+    counts = {part: {"trainable": 0, "total": 0} for part in PARTS}
+    for name, parameter in model.named_parameters():
+        part = owner.get(name)
+        if part is None:
+            continue
+        counts[part]["total"] += parameter.numel()
+        if parameter.requires_grad:
+            counts[part]["trainable"] += parameter.numel()
+    return counts
+
+
+def inner_model(model: nn.Module) -> nn.Module:
     """The transformers ``…ForConditionalGeneration`` inside any wrapper (DDP, peft, FSDP).
 
     Looks at registered submodules only: peft forwards unknown attributes, so attribute walks go astray.

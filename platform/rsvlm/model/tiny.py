@@ -6,6 +6,8 @@ untrained baseline and a LoRA checkpoint's base model are reproducible from the 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -18,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from rsvlm.config.schema import TinyModelConfig
+from rsvlm.config.model import TinyModelConfig
 
 # Order fixes the ids: 0 unk, 1 bos, 2 eos, 3 pad, 4 image.
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
@@ -50,17 +52,10 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     )
 
 
-def tiny_corpus() -> list[str]:
-    """Text the tiny tokenizer learns from: the synthetic generator's phrases plus the chat template."""
-    from rsvlm.data.synthetic import corpus
-    from rsvlm.data.template import VICUNA_V1
-
-    return [VICUNA_V1.system, f"{VICUNA_V1.roles[0]}: ", f" {VICUNA_V1.roles[1]}:", *corpus()]
-
-
-def build_tiny_llava(cfg: TinyModelConfig, seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_tiny_llava(cfg: TinyModelConfig, seed: int,
+                     corpus: Sequence[str]) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The tiny model and its processor, deterministic in ``cfg`` and ``seed``."""
-    tokenizer = train_tokenizer(tiny_corpus(), cfg.vocab_size)
+    tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     vision = CLIPVisionConfig(
         image_size=cfg.image_size,

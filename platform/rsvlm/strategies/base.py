@@ -4,34 +4,48 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from abc import ABC, abstractmethod
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from rsvlm.config.schema import StrategyConfig, Trainability
-from rsvlm.model.parts import PARTS, model_parts, part_of_parameter
+from rsvlm.config.strategy import StrategyConfig, Trainability
+from rsvlm.model.parts import model_parts
 
 
-class Strategy(Protocol):
-    """How a base model is adapted, which tensors train, and how the result is saved and loaded back."""
+class Strategy(ABC):
+    """How a base model is adapted, which tensors train, and how the result is saved and loaded back.
 
-    config: StrategyConfig
+    Like peft's ``BaseTuner``, the base holds what most strategies share: no auxiliary loss, no dependence
+    on the batch's tasks, nothing to fold in when merging. A strategy overrides what it does differently.
+    """
 
+    def __init__(self, config: StrategyConfig):
+        self.config = config
+
+    @abstractmethod
     def apply(self, model: nn.Module) -> nn.Module:
         """Wrap or modify ``model`` for training and set ``requires_grad`` on what trains."""
 
-    def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
-        """An extra loss term added to the language-model loss (None when the strategy has none)."""
+    @abstractmethod
+    def save(self, model: nn.Module, directory: Path, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        """Write the trained weights (safetensors only) into ``directory``.
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        """Write the trained weights (safetensors only) into ``directory``."""
+        ``state_dict`` is the model's whole state gathered from a sharded (FSDP) model; None reads ``model``'s.
+        """
 
+    @abstractmethod
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         """``base_model`` with the weights saved in ``directory`` applied."""
 
+    @abstractmethod
     def restore(self, model: nn.Module, directory: Path) -> None:
         """Load the weights saved in ``directory`` into ``model``, which :meth:`apply` prepared (resuming)."""
+
+    def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
+        """An extra loss term added to the language-model loss; None: the strategy has none."""
+        return None
 
     def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         """A plain transformers model computing the same function (adapters folded in).
@@ -39,9 +53,10 @@ class Strategy(Protocol):
         ``task`` picks the task whose function is folded in where the adapter depends on it (MoE-LoRA with
         task routing); strategies without task-dependent weights ignore it.
         """
+        return model
 
     def set_batch_tasks(self, model: nn.Module, tasks: Sequence[str]) -> None:
-        """Tell ``model`` the task of each row of the next batch (only task-routed adapters use it)."""
+        """Tell ``model`` the task of each row of the next batch; only task-routed adapters use it."""
 
 
 def apply_trainability(model: nn.Module, config: StrategyConfig) -> None:
@@ -71,17 +86,3 @@ def adapter_targets(model: nn.Module, config: StrategyConfig) -> tuple[str, list
     full_modules = [name for part in ("vision_tower", "projector")
                     if getattr(config, part) is Trainability.full for name, _ in parts[part]]
     return targets, full_modules
-
-
-def trainable_parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
-    """``{part: {"trainable": n, "total": n}}`` for vision tower, projector and LLM (adapters count to their part)."""
-    owner = part_of_parameter(model)
-    counts = {part: {"trainable": 0, "total": 0} for part in PARTS}
-    for name, parameter in model.named_parameters():
-        part = owner.get(name)
-        if part is None:
-            continue
-        counts[part]["total"] += parameter.numel()
-        if parameter.requires_grad:
-            counts[part]["trainable"] += parameter.numel()
-    return counts

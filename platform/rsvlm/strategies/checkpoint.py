@@ -20,14 +20,18 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import OmegaConf
 from torch import nn
+from transformers import AutoProcessor
 
 from rsvlm.config import JobConfig, from_dict, to_dict
-from rsvlm.config.schema import ModelConfig, StrategyConfig
+from rsvlm.config.model import ModelConfig
+from rsvlm.config.strategy import StrategyConfig
 from rsvlm.model.build import LoadedModel, load_model
 from rsvlm.strategies.registry import build_strategy
 
 STRATEGY_FILE = "strategy.json"
 PROCESSOR_DIR = "processor"
+JOB_CONFIG_FILE = "job_config.yaml"
+TRAINER_STATE_FILE = "trainer_state.json"  # step and final metrics
 FORMAT_VERSION = 1
 
 
@@ -41,17 +45,13 @@ def save_checkpoint(directory: Path, model: nn.Module, processor, job: JobConfig
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     plain = to_dict(job)
-    strategy = build_strategy(job.strategy)
-    if state_dict is None:
-        strategy.save(model, directory)
-    else:
-        strategy.save(model, directory, state_dict=state_dict)
+    build_strategy(job.strategy).save(model, directory, state_dict)
     processor.save_pretrained(directory / PROCESSOR_DIR)
     (directory / STRATEGY_FILE).write_text(json.dumps(
         {"format": FORMAT_VERSION, "name": job.strategy.name.value, "config": plain["strategy"],
          "base_model": plain["model"]}, indent=2) + "\n")
-    (directory / "job_config.yaml").write_text(OmegaConf.to_yaml(plain))
-    (directory / "trainer_state.json").write_text(json.dumps(dict(trainer_state or {}), indent=2) + "\n")
+    (directory / JOB_CONFIG_FILE).write_text(OmegaConf.to_yaml(plain))
+    (directory / TRAINER_STATE_FILE).write_text(json.dumps(dict(trainer_state or {}), indent=2) + "\n")
     return directory
 
 
@@ -64,10 +64,8 @@ def load_checkpoint(directory: Path) -> LoadedModel:
     strategy, model_config = checkpoint_configs(directory)
     base = load_model(model_config)
     model = build_strategy(strategy).load(base.model, directory)
-    from transformers import AutoProcessor
-
     processor = AutoProcessor.from_pretrained(directory / PROCESSOR_DIR)
-    return LoadedModel(model.eval(), processor)
+    return LoadedModel(model.eval(), processor, model_config)
 
 
 def checkpoint_configs(directory: Path) -> tuple[StrategyConfig, ModelConfig]:

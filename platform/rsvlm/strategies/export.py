@@ -29,7 +29,7 @@ def export_merged(checkpoint_dir: str | Path, output_dir: str | Path, task: Opti
     loaded = load_checkpoint(checkpoint_dir)
     strategy_config, _ = checkpoint_configs(checkpoint_dir)
     strategy = build_strategy(strategy_config)
-    merged = strategy.merge(loaded.model) if task is None else strategy.merge(loaded.model, task=task)
+    merged = strategy.merge(loaded.model, task)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")

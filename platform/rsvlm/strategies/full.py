@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
-from rsvlm.config.schema import StrategyConfig
-from rsvlm.strategies.base import apply_trainability
+from rsvlm.strategies.base import Strategy, apply_trainability
 
 
-class FullStrategy:
-    def __init__(self, config: StrategyConfig):
-        self.config = config
-
+class FullStrategy(Strategy):
     def apply(self, model: nn.Module) -> nn.Module:
         apply_trainability(model, self.config)
         return model
 
-    def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
-        return None
-
-    def save(self, model: nn.Module, directory: Path, state_dict: Optional[dict] = None) -> None:
-        """A whole transformers model; ``state_dict`` carries the gathered weights of an FSDP-sharded one."""
+    def save(self, model: nn.Module, directory: Path, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        """A whole transformers model."""
         model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
@@ -35,9 +28,3 @@ class FullStrategy:
         # Through from_pretrained, which reads single-file and sharded weights alike and maps saved key
         # names back to the module's; it costs a second copy of the model in memory, once per resume.
         model.load_state_dict(self.load(model, directory).state_dict())
-
-    def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
-        return model
-
-    def set_batch_tasks(self, model: nn.Module, tasks: Sequence[str]) -> None:
-        """Full fine-tuning does not depend on the task."""

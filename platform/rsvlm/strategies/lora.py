@@ -8,7 +8,7 @@ its projector (LLaVA#808, #784, #1416) cannot happen here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
@@ -16,14 +16,10 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 from torch import nn
 
-from rsvlm.config.schema import StrategyConfig
-from rsvlm.strategies.base import adapter_targets
+from rsvlm.strategies.base import Strategy, adapter_targets
 
 
-class LoraStrategy:
-    def __init__(self, config: StrategyConfig):
-        self.config = config
-
+class LoraStrategy(Strategy):
     def peft_config(self, model: nn.Module) -> LoraConfig:
         """The peft config for ``model``: targets found from the model's own modules, not hard-coded names."""
         targets, full_parts = adapter_targets(model, self.config)
@@ -40,11 +36,10 @@ class LoraStrategy:
         # peft freezes the whole base model and re-enables adapters and modules_to_save.
         return get_peft_model(model, self.peft_config(model))
 
-    def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
-        return None
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory, safe_serialization=True)
+    def save(self, model: nn.Module, directory: Path, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        # peft picks the adapter's (and modules_to_save's) tensors out of a whole state_dict itself.
+        model.save_pretrained(directory, state_dict=dict(state_dict) if state_dict is not None else None,
+                              safe_serialization=True)
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         return PeftModel.from_pretrained(base_model, directory)
@@ -58,6 +53,3 @@ class LoraStrategy:
 
     def merge(self, model: nn.Module, task: Optional[str] = None) -> nn.Module:
         return model.merge_and_unload()
-
-    def set_batch_tasks(self, model: nn.Module, tasks: Sequence[str]) -> None:
-        """LoRA does not depend on the task."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rsvlm.config.schema import StrategyConfig, StrategyName
+from rsvlm.config.strategy import StrategyConfig, StrategyName
 from rsvlm.strategies.base import Strategy
 from rsvlm.strategies.full import FullStrategy
 from rsvlm.strategies.lora import LoraStrategy

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from rsvlm.config.schema import TrackingConfig
+from rsvlm.config.tracking import TrackingConfig
+from rsvlm.tracking.logger import is_transient_tracking_error, make_logger
 from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url_credentials
 
 log = logging.getLogger(__name__)
@@ -135,15 +136,13 @@ def probe_tracking_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
 def open_run(tracking: TrackingConfig, run_name: str, previous_run_id: str | None, *, params: Mapping[str, Any],
              tags: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
-             untracked: str = "the job goes on untracked") -> str | None:
+             untracked: str | None = "the job goes on untracked") -> str | None:
     """The run a (possibly restarted) job logs into: ``previous_run_id`` reopened, else a new run with ``params``.
 
     None when tracking is off, or when the server cannot be reached (:func:`probe_tracking_server`, or a
     failure of the calls after it): that is said once, with ``untracked`` telling what it means for this job,
-    and the job goes on. Mistakes of the caller are raised.
+    and the job goes on; with ``untracked`` None it is raised. Mistakes of the caller are raised.
     """
-    from rsvlm.tracking.logger import is_transient_tracking_error, make_logger
-
     if not tracking.enabled:
         return None
     try:
@@ -155,7 +154,7 @@ def open_run(tracking: TrackingConfig, run_name: str, previous_run_id: str | Non
         make_logger(tracking.uri, run_id, True).log_params(params)
         return run_id
     except Exception as exc:  # noqa: BLE001 - classified: caller errors are re-raised
-        if not is_transient_tracking_error(exc):
+        if untracked is None or not is_transient_tracking_error(exc):
             raise
         log.warning("MLflow tracking at %s is unreachable (%s: %s). %s.", mask_url_credentials(tracking.uri),
                     type(exc).__name__, mask_url_credentials(str(exc)), untracked)

@@ -26,9 +26,10 @@ from ray.train import ScalingConfig as RayScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from rsvlm.config.schema import JobConfig, ScalingConfig, Sharding
+from rsvlm.config.job import JobConfig
+from rsvlm.config.training import ScalingConfig, Sharding
 from rsvlm.data.storage import Storage, local_path
-from rsvlm.errors import JobError
+from rsvlm.errors import DEBUG_ENV, JobError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,11 @@ def start_local_ray(**init_options: Any) -> str:
     detector asks the state API from the driver). ``init_options`` go to ``ray.init``. Returns the GCS
     address.
     """
+    # Ray Train V2 watches the nodes of each worker group for drains (preemption) with an actor whose creation
+    # Ray Core reports as an error line, its arguments being in the object store (ray-project/ray#53727). A Ray
+    # started here is one node that nothing drains: the watcher has nothing to see. Set before ray.init, so
+    # every process of the instance inherits it; a value the user set is kept.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     for attempt in range(3):
         port = _free_port()
         address = f"127.0.0.1:{port}"
@@ -180,8 +186,20 @@ def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any]
             callbacks=list(callbacks),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"],
+                                  execution_options={name: _ingest_options(ds) for name, ds in datasets.items()}),
     )
+
+
+def _ingest_options(dataset: ray.data.Dataset) -> ray.data.ExecutionOptions:
+    """The execution options ``dataset`` was built with (validation's preserve_order), for Ray Train's ingest.
+
+    Without them Ray Train applies its defaults, which drop the dataset's own options and set the deprecated
+    ``exclude_resources`` (a RayDeprecationWarning in every run); that option is left out here.
+    """
+    options = dataset.context.execution_options
+    return ray.data.ExecutionOptions(resource_limits=options.resource_limits, preserve_order=options.preserve_order,
+                                     verbose_progress=options.verbose_progress, label_selector=options.label_selector)
 
 
 @dataclass(frozen=True)
@@ -204,10 +222,14 @@ def worker_context(torch_threads: int = 0) -> WorkerContext:
     context = ray.train.get_context()
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    # Ray Train logs every report with all its metrics, and Ray Data every execution plan, at INFO: in a
-    # day-long run's `ray job logs` they bury the progress lines, which say the same things once.
-    for name in ("ray.train", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Train logs every report with all its metrics ("Reporting training result …", from a logger named by
+    # its file's path, not under ray.train), and Ray Data every execution plan, at INFO: in a day-long run's
+    # `ray job logs` they bury the progress lines, which say the same things once. RSVLM_DEBUG=1 keeps them.
+    if not os.environ.get(DEBUG_ENV):
+        from ray.train.v2._internal.execution import context as train_context
+
+        for name in ("ray.train", "ray.data", train_context.__file__):
+            logging.getLogger(name).setLevel(logging.WARNING)
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     return WorkerContext(context.get_world_rank(), context.get_world_size(), device)
 
@@ -269,7 +291,7 @@ def dataset_shard(name: str = "train"):
 
 
 @contextmanager
-def checkpoint_dir(job: JobConfig, run_name: str, name: str) -> Iterator[Path]:
+def checkpoint_staging_dir(job: JobConfig, run_name: str, name: str) -> Iterator[Path]:
     """A folder to write a checkpoint into before :func:`report` hands it to Ray Train.
 
     Workers write to scratch space and Ray Train copies it to ``storage_uri`` (which may be S3). Local mode
@@ -285,7 +307,7 @@ def checkpoint_dir(job: JobConfig, run_name: str, name: str) -> Iterator[Path]:
 
 
 @contextmanager
-def latest_checkpoint() -> Iterator[Optional[Path]]:
+def resume_checkpoint_dir() -> Iterator[Optional[Path]]:
     """The folder of the checkpoint this run resumes from (a restarted or re-run run), else None.
 
     Local mode has none: Ray Train resumes only runs that have workers.
@@ -295,14 +317,6 @@ def latest_checkpoint() -> Iterator[Optional[Path]]:
         yield None
         return
     with checkpoint.as_directory() as directory:
-        yield Path(directory)
-
-
-@contextmanager
-def checkpoint_directory(uri: str, storage: Storage) -> Iterator[Path]:
-    """A local folder holding the checkpoint at ``uri`` (a temporary download when it is in object storage)."""
-    filesystem, path = storage.filesystem(uri)
-    with Checkpoint(path, filesystem).as_directory() as directory:
         yield Path(directory)
 
 

@@ -7,43 +7,35 @@ the same name again therefore resumes both: Ray Train from the latest checkpoint
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import time
-import uuid
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from rsvlm.config import to_dict
-from rsvlm.config.schema import JobConfig, Routing, StrategyName
+from rsvlm.config.job import JobConfig
+from rsvlm.config.strategy import Routing, StrategyName
 from rsvlm.data.ingest import training_dataset, validation_dataset
 from rsvlm.data.prepare import verified_manifest
 from rsvlm.data.samples import SampleBuilder
 from rsvlm.data.storage import Storage, is_remote
-from rsvlm.data.template import VICUNA_V1
+from rsvlm.data.template import chat_template
 from rsvlm.errors import JobError
 from rsvlm.model.build import load_processor
-from rsvlm.tracking import (
-    best_effort,
-    finish_run,
-    flatten_config,
-    is_transient_tracking_error,
-    make_logger,
-    mask_url_credentials,
-    open_run,
-    register_model_version,
+from rsvlm.tracking import flatten_config
+from rsvlm.tracking.lifecycle import (
+    RUN_RECORD,
+    RunRecord,
+    default_run_name,
+    read_record,
+    register_checkpoint,
+    tracked_run,
+    write_record,
 )
 from rsvlm.train import distributed, run_lock
 from rsvlm.train.loop import train_loop_per_worker
-
-log = logging.getLogger(__name__)
-
-CHECKPOINT_ARTIFACT = "checkpoint"
-RUN_RECORD = "rsvlm_run.json"
-
+from rsvlm.train.recipe import RecipeArgs
 
 @dataclass
 class FinetuneResult:
@@ -59,16 +51,6 @@ class FinetuneResult:
         if is_remote(self.checkpoint_uri):
             raise ValueError(f"the checkpoint is in object storage: {self.checkpoint_uri}")
         return Path(self.checkpoint_uri)
-
-
-@dataclass
-class RunRecord:
-    """What the driver keeps beside a run's checkpoints."""
-
-    mlflow_run_id: Optional[str] = None
-    starts: int = 0  # how many times the driver started this run
-    finished: bool = False
-    checkpoint_uri: Optional[str] = None  # the final checkpoint, once finished
 
 
 class RunFinishedError(JobError):
@@ -90,23 +72,8 @@ def data_seed(seed: int, start: int) -> int:
     return seed if start == 0 else zlib.crc32(f"{seed}/{start}".encode())
 
 
-def default_run_name(prefix: str) -> str:
-    """``<prefix>-<time>-<random>``: unique even for runs started in the same second (a Hydra multirun)."""
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
 def run_record_uri(job: JobConfig, storage: Storage, run_name: str) -> str:
     return storage.join(job.train.storage_uri, run_name, RUN_RECORD)
-
-
-def read_record(storage: Storage, uri: str, record_type: type = RunRecord) -> Any:
-    """The ``record_type`` (a dataclass) stored as JSON at ``uri``; an empty one when there is none yet."""
-    if not storage.exists(uri):
-        return record_type()
-    try:
-        return record_type(**json.loads(storage.read_text(uri)))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{uri}: not a {record_type.__name__} ({exc}); move it away to start afresh") from exc
 
 
 def run_finetune(job: JobConfig, *, register: bool = True, parent_run_id: Optional[str] = None,
@@ -146,68 +113,38 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
     if record.finished:
         raise RunFinishedError(f"train.run_name={run_name}", f"the run already finished ({record_uri})",
                                "choose a new train.run_name")
-
-    builder = SampleBuilder(processor, VICUNA_V1, image_tokens, job.data.max_length, manifest["image_root"],
-                            job.model.image_aspect, storage, job.data.fetch_threads)
-    datasets = {"train": training_dataset(job.data.uri, manifest, builder, shuffle=job.data.shuffle,
-                                          seed=data_seed(job.train.seed, record.starts),
-                                          val_fraction=job.data.val_fraction)}
-    if job.data.val_fraction > 0 and job.train.val_batches > 0:
-        datasets["val"] = validation_dataset(job.data.uri, manifest, builder, val_fraction=job.data.val_fraction)
-
-    run_id = _open_tracking_run(job, run_name, record.mlflow_run_id, parent_run_id, tags or {})
-    record = RunRecord(run_id or record.mlflow_run_id, record.starts + 1)
-    storage.write_text(record_uri, json.dumps(asdict(record)) + "\n")
-
+    datasets = _datasets(job, manifest, processor, image_tokens, storage, record.starts)
     total_steps = total_training_steps(job, manifest)
-    trainer = distributed.make_trainer(
-        train_loop_per_worker,
-        {"job": to_dict(job), "mlflow_run_id": run_id, "run_name": run_name, "total_steps": total_steps,
-         "validate": "val" in datasets},
-        job, datasets, run_name, callbacks=callbacks)
-    try:
+    untracked = ("Training goes on untracked: its metrics are not recorded and the model will not be registered; "
+                 f"the checkpoints are under {job.train.storage_uri}")
+    with tracked_run(job.tracking, run_name, record.mlflow_run_id, params=flatten_config(to_dict(job)),
+                     tags={"rsvlm.job": "finetune", "rsvlm.run_name": run_name, **(tags or {})},
+                     parent_run_id=parent_run_id, untracked=untracked) as run:
+        record = RunRecord(run.run_id or record.mlflow_run_id, record.starts + 1)
+        write_record(storage, record_uri, record)
+        trainer = distributed.make_trainer(
+            train_loop_per_worker,
+            RecipeArgs(job, total_steps, run_name, run.run_id, validate="val" in datasets).to_loop_config(),
+            job, datasets, run_name, callbacks=callbacks)
         result = trainer.fit()
-    except BaseException:
-        if run_id:
-            best_effort(lambda: finish_run(job.tracking.uri, run_id, "FAILED"))
-        raise
-    checkpoint_uri = ("s3://" + result.checkpoint.path if is_remote(job.train.storage_uri)
-                      else result.checkpoint.path)
-    version = None
-    if run_id:
-        version = register_checkpoint(job, run_id, checkpoint_uri) if register else None
-        best_effort(lambda: finish_run(job.tracking.uri, run_id, "FINISHED"))
-    finished = RunRecord(record.mlflow_run_id, record.starts, True, checkpoint_uri)
-    storage.write_text(record_uri, json.dumps(asdict(finished)) + "\n")
-    return FinetuneResult(checkpoint_uri, dict(result.metrics or {}), run_id,
+        checkpoint_uri = ("s3://" + result.checkpoint.path if is_remote(job.train.storage_uri)
+                          else result.checkpoint.path)
+        version = None
+        if run.run_id and register:
+            version = register_checkpoint(job.tracking, storage, job.registered_model_name, run.run_id,
+                                          checkpoint_uri)
+    write_record(storage, record_uri, RunRecord(record.mlflow_run_id, record.starts, True, checkpoint_uri))
+    return FinetuneResult(checkpoint_uri, dict(result.metrics or {}), run.run_id,
                           job.registered_model_name if version else None, version)
 
 
-def _open_tracking_run(job: JobConfig, run_name: str, previous_run_id: Optional[str],
-                       parent_run_id: Optional[str], tags: Mapping[str, str]) -> Optional[str]:
-    """The MLflow run to log into: the previous start's (reopened), else a new one with the config as params.
-
-    An unreachable tracking server does not stop training: the run trains untracked.
-    """
-    return open_run(job.tracking, run_name, previous_run_id, params=flatten_config(to_dict(job)),
-                    tags={"rsvlm.job": "finetune", "rsvlm.run_name": run_name, **tags}, parent_run_id=parent_run_id,
-                    untracked="Training goes on untracked: its metrics are not recorded and the model will not be "
-                              f"registered; the checkpoints are under {job.train.storage_uri}")
-
-
-def register_checkpoint(job: JobConfig, run_id: str, checkpoint_uri: str) -> Optional[str]:
-    """Log a checkpoint to the run and register it at ``tracking.alias``; None if MLflow is down."""
-    try:
-        logger = make_logger(job.tracking.uri, run_id, True)
-        with distributed.checkpoint_directory(checkpoint_uri, Storage(job.storage)) as directory:
-            logger.log_artifacts(str(directory), CHECKPOINT_ARTIFACT)
-        return register_model_version(job.tracking.uri, job.registered_model_name, run_id, CHECKPOINT_ARTIFACT,
-                                      alias=job.tracking.alias)
-    except Exception as exc:  # noqa: BLE001 - classified: caller errors are re-raised
-        if not is_transient_tracking_error(exc):
-            raise
-        log.warning("MLflow tracking at %s failed while registering the model (%s: %s); the checkpoint is at %s.",
-                    mask_url_credentials(job.tracking.uri), type(exc).__name__, mask_url_credentials(str(exc)),
-                    checkpoint_uri)
-        return None
-
+def _datasets(job: JobConfig, manifest: dict[str, Any], processor, image_tokens: int, storage: Storage,
+              starts: int) -> dict[str, Any]:
+    """The Ray datasets the trainer reads: ``train``, and ``val`` when validation runs."""
+    builder = SampleBuilder(processor, chat_template(job.model.chat_template), image_tokens, job.data.max_length,
+                            manifest["image_root"], job.model.image_aspect, storage, job.data.fetch_threads)
+    datasets = {"train": training_dataset(job.data.uri, manifest, builder, shuffle=job.data.shuffle,
+                                          seed=data_seed(job.train.seed, starts), val_fraction=job.data.val_fraction)}
+    if job.data.val_fraction > 0 and job.train.val_batches > 0:
+        datasets["val"] = validation_dataset(job.data.uri, manifest, builder, val_fraction=job.data.val_fraction)
+    return datasets

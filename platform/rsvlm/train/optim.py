@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from rsvlm.config.schema import OptimConfig
+from rsvlm.config.training import OptimConfig
 from rsvlm.model.parts import part_of_parameter
 
 

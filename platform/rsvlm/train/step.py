@@ -9,13 +9,9 @@ import torch
 from torch import nn
 
 from rsvlm.data.template import IGNORE_INDEX
+from rsvlm.train.precision import autocast
 
 MicroBatch = tuple[dict[str, torch.Tensor], Sequence[str]]  # model inputs, and each row's task
-
-
-def autocast(dtype: Optional[torch.dtype], device: torch.device) -> ContextManager:
-    """Mixed-precision autocast on ``device`` (None: full precision)."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def train_step(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rsvlm.config.schema import OptimizeMode
+from rsvlm.config.sweep import OptimizeMode
 
 COMPLETED, STOPPED_EARLY, FAILED = "completed", "stopped_early", "failed"
 # The settings a plot puts on its x axis and its series, when the sweep varies them.

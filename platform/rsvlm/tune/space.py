@@ -16,7 +16,8 @@ from ray import tune
 
 from rsvlm.config import from_dict, to_dict
 from rsvlm.config.errors import ConfigError
-from rsvlm.config.schema import JobConfig, SearchAlgorithm, SearchDimension, SweepConfig
+from rsvlm.config.job import JobConfig
+from rsvlm.config.sweep import SearchAlgorithm, SearchDimension, SweepConfig
 
 # The kinds of a SearchDimension, in the order they are documented.
 KINDS = tuple(f.name for f in fields(SearchDimension))

@@ -13,10 +13,9 @@ and each unfinished trial resumes its Ray Train run from its latest checkpoint, 
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,20 +27,23 @@ from ray.tune.search import BasicVariantGenerator
 
 from rsvlm.config import to_dict
 from rsvlm.config.errors import ConfigError
-from rsvlm.config.schema import JobConfig, SearchAlgorithm, TrialScheduler
+from rsvlm.config.job import JobConfig
+from rsvlm.config.sweep import SearchAlgorithm, TrialScheduler
 from rsvlm.data.prepare import prepared_manifest
 from rsvlm.data.storage import Storage, is_remote
 from rsvlm.errors import JobError
-from rsvlm.tracking import best_effort, finish_run, flatten_config, make_logger, mask_url_credentials, open_run
-from rsvlm.train import distributed, run_lock
-from rsvlm.train.finetune import (
+from rsvlm.tracking import best_effort, finish_run, flatten_config, make_logger, mask_url_credentials
+from rsvlm.tracking.lifecycle import (
+    SWEEP_RECORD,
+    SweepRecord,
     default_run_name,
     read_record,
     register_checkpoint,
-    run_finetune,
-    run_record_uri,
-    total_training_steps,
+    tracked_run,
+    write_record,
 )
+from rsvlm.train import distributed, run_lock
+from rsvlm.train.finetune import run_finetune, run_record_uri, total_training_steps
 from rsvlm.tune.results import (
     COMPLETED,
     FAILED,
@@ -66,19 +68,9 @@ from rsvlm.tune.space import (
 
 log = logging.getLogger(__name__)
 
-SWEEP_RECORD = "rsvlm_sweep.json"
 PLOT_NAME = "sweep_plot.png"
 # Where the parent run keeps the results table and plot.
 RESULTS_ARTIFACT = "sweep"
-
-
-@dataclass
-class SweepRecord:
-    """What the driver keeps beside Tune's experiment state."""
-
-    parent_run_id: Optional[str] = None
-    starts: int = 0
-    finished: bool = False
 
 
 @dataclass
@@ -139,52 +131,54 @@ def _run_sweep_locked(job: JobConfig, storage: Storage, name: str) -> SweepResul
     distributed.check_resources(job.scaling, 0 if started_ray else job.scaling.resource_wait_s)
     manifest = prepared_manifest(job.data, storage)
 
-    parent_run_id = open_run(job.tracking, name, record.parent_run_id, params=flatten_config(to_dict(job)),
-                             tags={"rsvlm.job": "sweep", "rsvlm.sweep": name},
-                             untracked="The sweep goes on untracked and registers nothing")
-    record = SweepRecord(parent_run_id or record.parent_run_id, record.starts + 1)
-    storage.write_text(record_uri, json.dumps(asdict(record)) + "\n")
-
     trials = trial_count(job.sweep)
     concurrent = max_concurrent_trials(ray.cluster_resources(), job, trials)
     print(f"sweep {name}: {trials} trial(s), {concurrent} at a time, each {trial_resources(job)}; "
           f"{job.sweep.search.value} search, {job.sweep.scheduler.value} scheduler on {job.sweep.metric} "
-          f"({job.sweep.mode.value})" + (f"; resuming (start {record.starts})" if record.starts > 1 else ""))
-    tuner = _tuner(job, name, experiment_uri, parent_run_id, concurrent, total_training_steps(job, manifest))
-    try:
+          f"({job.sweep.mode.value})" + (f"; resuming (start {record.starts + 1})" if record.starts else ""))
+    with tracked_run(job.tracking, name, record.parent_run_id, params=flatten_config(to_dict(job)),
+                     tags={"rsvlm.job": "sweep", "rsvlm.sweep": name},
+                     untracked="The sweep goes on untracked and registers nothing") as parent:
+        record = SweepRecord(parent.run_id or record.parent_run_id, record.starts + 1)
+        write_record(storage, record_uri, record)
+        tuner = _tuner(job, name, experiment_uri, parent.run_id, concurrent, total_training_steps(job, manifest))
         grid = tuner.fit()
-    except BaseException:
-        if parent_run_id:
-            best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "FAILED"))
-        raise
-    unfinished = _unfinished_trials(job, experiment_uri, trials)
-    if unfinished:
-        if parent_run_id:
-            best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "KILLED"))
-        raise SweepInterruptedError(f"sweep {name!r} stopped with {unfinished} of {trials} trial(s) unfinished; "
-                                    f"run it again with sweep.name={name} to resume them")
+        unfinished = _unfinished_trials(job, experiment_uri, trials)
+        if unfinished:
+            parent.end("KILLED")
+            raise SweepInterruptedError(f"sweep {name!r} stopped with {unfinished} of {trials} trial(s) unfinished; "
+                                        f"run it again with sweep.name={name} to resume them")
+        result = _sweep_result(job, name, storage, manifest, grid, parent.run_id)
+        result.results_uri = _write_results(job, storage, experiment_uri, result)
+    write_record(storage, record_uri, SweepRecord(record.parent_run_id, record.starts, True))
+    for line in summary_lines(result.trials, job.sweep.metric, result.best):
+        print(line)
+    return result
 
+
+def _sweep_result(job: JobConfig, name: str, storage: Storage, manifest: dict[str, Any], grid,
+                  parent_run_id: Optional[str]) -> SweepResult:
+    """How every trial ended, with the best one registered at ``tracking.alias``."""
     base = to_dict(job)
-    outcomes = [_outcome(job, base, name, storage, manifest, result) for result in grid]
+    outcomes = [_outcome(job, base, name, storage, manifest, trial) for trial in grid]
     _close_trial_runs(job, outcomes)
     best = best_trial(outcomes, job.sweep.mode)
     result = SweepResult(name, parent_run_id, outcomes, best)
     if best is not None and best.run_id and best.checkpoint_uri:
         best_job = trial_job(base, nested_values(best.values), best.run_name)
-        result.version = register_checkpoint(best_job, best.run_id, best.checkpoint_uri)
+        result.version = register_checkpoint(best_job.tracking, storage, best_job.registered_model_name,
+                                             best.run_id, best.checkpoint_uri)
         result.registered_model = best_job.registered_model_name if result.version else None
-    result.results_uri = _write_results(job, storage, experiment_uri, result)
-    if parent_run_id:
-        best_effort(lambda: finish_run(job.tracking.uri, parent_run_id, "FINISHED"))
-    storage.write_text(record_uri, json.dumps(asdict(SweepRecord(record.parent_run_id, record.starts, True))) + "\n")
-    for line in summary_lines(outcomes, job.sweep.metric, best):
-        print(line)
     return result
 
 
 def _tuner(job: JobConfig, name: str, experiment_uri: str, parent_run_id: Optional[str], concurrent: int,
            total_steps: int) -> tune.Tuner:
     """A new Tuner, or the one of an interrupted sweep of the same name restored from storage."""
+    import os
+
+    from rsvlm.errors import DEBUG_ENV
+
     filesystem, experiment_path = Storage(job.storage).filesystem(experiment_uri)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=to_dict(job), sweep_name=name, parent_run_id=parent_run_id),
@@ -216,8 +210,12 @@ def _tuner(job: JobConfig, name: str, experiment_uri: str, parent_run_id: Option
                                     scheduler=scheduler, num_samples=sweep.num_samples,
                                     max_concurrent_trials=searcher_limit, trial_dirname_creator=trial_dirname,
                                     trial_name_creator=trial_dirname),
+        # Tune's own output (a table of every trial every 30 s, and each trial's config and results) is off:
+        # the sweep prints its plan and results table, the trials their progress lines; a failed trial is
+        # still reported. RSVLM_DEBUG=1 brings Tune's output back.
         run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
-                                  failure_config=tune.FailureConfig(max_failures=sweep.max_trial_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=sweep.max_trial_failures),
+                                  verbose=None if os.environ.get(DEBUG_ENV) else 0),
     )
 
 
@@ -278,8 +276,7 @@ def _outcome(job: JobConfig, base: dict[str, Any], sweep_name: str, storage: Sto
         error = mask_url_credentials(str(result.error).strip().splitlines()[-1])[:500]
     if status == COMPLETED and not record.finished:
         # The trial's process was ended before it could say so itself: a re-run must not resume it.
-        storage.write_text(record_uri, json.dumps(asdict(replace(record, finished=True,
-                                                                 checkpoint_uri=checkpoint_uri))) + "\n")
+        write_record(storage, record_uri, replace(record, finished=True, checkpoint_uri=checkpoint_uri))
     return TrialOutcome(trial_id, run_name, status, flat_values(result.config),
                         float(value) if value is not None else None,
                         int(metrics["step"]) if metrics.get("step") is not None else None,

@@ -10,12 +10,13 @@ projector by default) in one ``adapter_model.safetensors``, as the LoRA strategy
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from rsvlm.config.schema import Routing, StrategyConfig
+from rsvlm.config.strategy import Routing
+from rsvlm.strategies.base import Strategy
 from rsvlm.strategies.moe_lora.config import MoeLoraConfig
 from rsvlm.strategies.moe_lora.layer import MoeLoraLinear, load_balancing_loss, top_k_weights
 from rsvlm.strategies.moe_lora.model import (
@@ -37,11 +38,8 @@ __all__ = ["MoeLoraConfig", "MoeLoraLinear", "MoeLoraStrategy", "aux_loss", "inj
            "moe_state_dict", "save_moe_lora", "set_task_ids", "task_ids", "top_k_weights"]
 
 
-class MoeLoraStrategy:
+class MoeLoraStrategy(Strategy):
     """The :class:`rsvlm.strategies.base.Strategy` for ``strategy.name: moe_lora``."""
-
-    def __init__(self, config: StrategyConfig):
-        self.config = config
 
     def apply(self, model: nn.Module) -> nn.Module:
         return inject_moe_lora(model, MoeLoraConfig.from_strategy(self.config, model))
@@ -49,8 +47,8 @@ class MoeLoraStrategy:
     def aux_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
         return aux_loss(model, self.config.aux_loss_coef)
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_moe_lora(model, directory)
+    def save(self, model: nn.Module, directory: Path, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        save_moe_lora(model, directory, state_dict)
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         return load_moe_lora(base_model, directory)

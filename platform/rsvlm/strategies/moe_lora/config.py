@@ -13,10 +13,14 @@ from typing import Any, Optional
 
 from torch import nn
 
-from rsvlm.config.schema import Routing, StrategyConfig
+from rsvlm.config.strategy import Routing, StrategyConfig
 from rsvlm.strategies.base import adapter_targets
 
 CONFIG_FILE = "moe_lora_config.json"
+# The fields that mean what the same-named ``strategy.*`` settings mean, copied from them by name. The
+# defaults below are a neutral adapter (no dropout, dense, no aux loss) for building one by hand; a trained
+# adapter's come from its StrategyConfig and are always written to the file.
+SHARED_WITH_STRATEGY = ("num_experts", "expert_rank", "dropout", "top_k", "routing", "tasks", "aux_loss_coef")
 
 
 @dataclass
@@ -39,7 +43,7 @@ class MoeLoraConfig:
     modules_to_save: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.routing = Routing(self.routing)
+        self.alpha, self.routing, self.tasks = float(self.alpha), Routing(self.routing), list(self.tasks)
         if self.num_experts < 1 or self.expert_rank < 1:
             raise ValueError(f"num_experts ({self.num_experts}) and expert_rank ({self.expert_rank}) must be >= 1")
         if self.top_k is not None and not 1 <= self.top_k <= self.num_experts:
@@ -59,18 +63,8 @@ class MoeLoraConfig:
     def from_strategy(cls, strategy: StrategyConfig, model: nn.Module) -> "MoeLoraConfig":
         """The config for ``model`` trained with ``strategy``; targets are discovered as LoRA's are."""
         targets, full_modules = adapter_targets(model, strategy)
-        return cls(
-            num_experts=strategy.num_experts,
-            expert_rank=strategy.expert_rank,
-            alpha=float(strategy.alpha),
-            target_modules=targets,
-            dropout=strategy.dropout,
-            top_k=strategy.top_k,
-            routing=strategy.routing,
-            tasks=list(strategy.tasks),
-            aux_loss_coef=strategy.aux_loss_coef,
-            modules_to_save=full_modules,
-        )
+        shared = {name: getattr(strategy, name) for name in SHARED_WITH_STRATEGY}
+        return cls(**shared, alpha=strategy.alpha, target_modules=targets, modules_to_save=full_modules)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "routing": self.routing.value}

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from rsvlm.config.schema import Routing
+from rsvlm.config.strategy import Routing
 
 
 def top_k_weights(probs: torch.Tensor, top_k: Optional[int]) -> torch.Tensor:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rsvlm.config.schema import Routing
+from rsvlm.config.strategy import Routing
 from rsvlm.strategies.moe_lora.config import MoeLoraConfig
 from rsvlm.strategies.moe_lora.layer import MoeLoraLinear
 
@@ -74,8 +74,11 @@ def moe_lora_config(model: nn.Module) -> MoeLoraConfig:
     return config
 
 
-def moe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a MoE-LoRA checkpoint holds: experts, routers / task gates, and the modules saved whole."""
+def moe_state_dict(model: nn.Module, whole: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """What a MoE-LoRA checkpoint holds: experts, routers / task gates, and the modules saved whole.
+
+    ``whole`` is the model's state gathered from a sharded model; the tensors are then taken from it.
+    """
     config = moe_lora_config(model)
     state = {}
     for name, module in model.named_modules():
@@ -84,14 +87,16 @@ def moe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                           if not key.startswith("base_layer.")})
     for name in config.modules_to_save:
         state.update({f"{name}.{key}": value for key, value in model.get_submodule(name).state_dict().items()})
+    if whole is not None:
+        state = {key: whole[key] for key in state}
     return {key: value.detach() for key, value in state.items()}
 
 
-def save_moe_lora(model: nn.Module, directory: Path) -> None:
+def save_moe_lora(model: nn.Module, directory: Path, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> None:
     """Write ``adapter_model.safetensors`` and ``moe_lora_config.json`` into ``directory`` (no pickle)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.contiguous().cpu() for key, value in moe_state_dict(model).items()}
+    tensors = {key: value.contiguous().cpu() for key, value in moe_state_dict(model, state_dict).items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     moe_lora_config(model).save(directory)
 

@@ -5,7 +5,7 @@ until its server answers and stops it (terminate, then kill) when the block exit
 pipes: a chatty server would block on a full pipe nobody reads.
 
 ``start_detached`` starts a server that outlives the block and the Python process (the local stack,
-``rsvlm.stack``): it runs in a session of its own, so ``stop_detached(pid)`` can stop it together with the
+``rsvlm.dev.stack``): it runs in a session of its own, so ``stop_detached(pid)`` can stop it together with the
 processes it started, and only those, by signalling its process group.
 """
 

@@ -1,13 +1,13 @@
 """The local stack: an S3 endpoint, an MLflow server and a Ray head on 127.0.0.1, started once, left running.
 
-    python -m rsvlm.stack up   [--state-dir .stack] [--s3-port 9000] [--mlflow-port 5000] [--ray-port 6379]
-                               [--dashboard-port 8265] [--num-cpus N]       # prints `export …` lines
-    python -m rsvlm.stack env  [--state-dir .stack]                         # the same lines again
-    python -m rsvlm.stack status [--state-dir .stack]
-    python -m rsvlm.stack down [--state-dir .stack]
+    python -m rsvlm.dev.stack up   [--state-dir .stack] [--s3-port 9000] [--mlflow-port 5000] [--ray-port 6379]
+                                   [--dashboard-port 8265] [--num-cpus N]       # prints `export …` lines
+    python -m rsvlm.dev.stack env  [--state-dir .stack]                             # the same lines again
+    python -m rsvlm.dev.stack status [--state-dir .stack]
+    python -m rsvlm.dev.stack down [--state-dir .stack]
 
 ``make stack`` / ``make stack-env`` / ``make stack-down`` run ``up`` / ``env`` / ``down``. The three servers
-are the ones tests use (``rsvlm.services``), started detached, each in its own process group:
+are the ones tests use (``rsvlm.dev.services``), started detached, each in its own process group:
 
 - **S3**: moto's server, with the buckets ``rsvlm-mlflow`` (MLflow artifacts) and ``rsvlm-data`` (datasets).
   moto keeps objects in memory, so the stack is ephemeral: ``up`` also starts from an empty MLflow database.
@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from rsvlm.services import (
+from rsvlm.dev.services import (
     MLFLOW_SERVER_ENV,
     DetachedService,
     ServiceError,
@@ -150,7 +150,7 @@ def start_stack(state_dir: str | Path = DEFAULT_STATE_DIR, ports: Optional[Stack
     state_dir = Path(state_dir).resolve()
     existing = load_stack(state_dir)
     if existing is not None and any(existing.running().values()):
-        raise StackError(f"a stack recorded in {state_dir} is running; stop it first (python -m rsvlm.stack down)")
+        raise StackError(f"a stack recorded in {state_dir} is running; stop it first (python -m rsvlm.dev.stack down)")
     ports = ports or StackPorts()
     taken = [f"{name} {port}" for name, port in asdict(ports).items() if not _port_free(port)]
     if taken:
@@ -382,7 +382,7 @@ def _save(stack: Stack) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rsvlm.stack", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rsvlm.dev.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "env", "status"])
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     defaults = StackPorts()
@@ -409,7 +409,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         say(f"stack up in {time.monotonic() - started:.0f} s: S3 {stack.s3_endpoint}, MLflow {stack.tracking_uri}, "
             f"Ray {stack.gcs_address} (dashboard {stack.dashboard_url}); state and logs in {stack.state_dir}")
         say(f'stack: load the variables with: eval "$(make -s stack-env)"  '
-            f'(or: eval "$(python -m rsvlm.stack env --state-dir {args.state_dir})")')
+            f'(or: eval "$(python -m rsvlm.dev.stack env --state-dir {args.state_dir})")')
         print(stack.exports(), end="")
         return 0
     stack = load_stack(args.state_dir)
