@@ -254,7 +254,7 @@ def measure_ray_data(job, questions: list[dict]) -> dict:
     import ray
 
     from rsvlm.eval.answering import BASE_MODEL, answer_questions
-    from rsvlm.train.distributed import ensure_ray
+    from rsvlm.ray_session import ensure_ray
 
     started = time.perf_counter()
     ensure_ray(job.ray_address)

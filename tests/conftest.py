@@ -35,11 +35,11 @@ def local_ray():
     """One local Ray instance for the whole session (starting Ray takes seconds).
 
     Job processes that tests start run Ray instances of their own beside it, as two users' jobs on one
-    machine would (``rsvlm.train.distributed.start_local_ray`` keeps each instance's processes to itself).
+    machine would (``rsvlm.ray_session.start_local_ray`` keeps each instance's processes to itself).
     """
     import ray
 
-    from rsvlm.train.distributed import start_local_ray
+    from rsvlm.ray_session import start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)

@@ -106,3 +106,23 @@ def llava_batch(loaded, seed: int = 0) -> dict:
     return {"input_ids": torch.tensor([sample.input_ids]), "labels": torch.tensor([sample.labels]),
             "attention_mask": torch.ones(1, len(sample.input_ids), dtype=torch.long),
             "pixel_values": torch.randn(1, 3, size, size, generator=generator)}
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:
+    """Point ``alias`` of registered model ``name`` at ``version`` (what a user does in the MLflow UI)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, alias,
+                                                                                                 str(version))
+
+
+def get_alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+                   .get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

@@ -3,7 +3,7 @@
 Ray Train V2's placement-group cleaner looks its cluster up without an address; with several local Ray
 instances it used to ask another job's, conclude its own controller was dead and remove the live run's
 placement group ("Destroying worker since its placement group was removed"). rsvlm starts each local Ray
-with its address pinned in the environment its processes inherit (``distributed.start_local_ray``).
+with its address pinned in the environment its processes inherit (``rsvlm.ray_session.start_local_ray``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_two_finetunes_with_their_own_local_ray_both_finish(tmp_path, local_ray)
 _ASK_STATE_API = """
 import ray
 from ray.train.v2._internal.state.util import is_actor_alive
-from rsvlm.train.distributed import ensure_ray
+from rsvlm.ray_session import ensure_ray
 
 ensure_ray()
 

@@ -184,7 +184,8 @@ def test_open_ended_answers_get_judge_scores_in_the_metrics_and_the_predictions(
 
 def _champion_and_candidate(job, tmp_path) -> str:
     """Versions 1 (@champion) and 2 (@candidate) of the job's registered model; returns its name."""
-    from rsvlm.tracking import create_run, make_logger, register_model_version, set_alias
+    from rsvlm.tracking import create_run, make_logger, register_model_version
+    from support import set_alias
 
     run_id = create_run(job.tracking, "train")
     make_logger(job.tracking.uri, run_id, True).log_artifacts(str(checkpoint_folder(tmp_path / "ckpt")), "checkpoint")

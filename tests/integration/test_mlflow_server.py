@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from rsvlm.dev.services import free_port
-from support import checkpoint_folder, tree_bytes
+from support import checkpoint_folder, get_alias_version, tree_bytes
 
 from rsvlm.config.tracking import TrackingConfig
 from rsvlm.tracking import (
@@ -17,7 +16,6 @@ from rsvlm.tracking import (
     MlflowRunLogger,
     create_run,
     finish_run,
-    get_alias_version,
     make_logger,
     register_model_version,
     resolve_model_uri,

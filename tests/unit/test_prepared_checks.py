@@ -58,7 +58,7 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started: the dataset check must come first")
 
-    monkeypatch.setattr(finetune.distributed, "ensure_ray", refuse)
+    monkeypatch.setattr(finetune, "ensure_ray", refuse)
     monkeypatch.setattr(finetune, "load_processor", refuse)
 
 

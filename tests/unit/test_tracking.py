@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from rsvlm.dev.services import free_port
-from support import checkpoint_folder, tree_bytes
+from support import checkpoint_folder, get_alias_version, set_alias, tree_bytes
 
 from rsvlm.config.strategy import StrategyName
 from rsvlm.config.tracking import TrackingConfig
@@ -28,12 +28,10 @@ from rsvlm.tracking import (
     create_run,
     finish_run,
     flatten_config,
-    get_alias_version,
     make_logger,
     redact,
     register_model_version,
     resolve_model_uri,
-    set_alias,
 )
 
 

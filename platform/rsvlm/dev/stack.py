@@ -333,7 +333,7 @@ def _head_env(child_env: dict[str, str], gcs_port: int) -> dict[str, str]:
     """The head's environment, which jobs inherit: this interpreter's ``bin/`` first on ``PATH``, so that
     ``python`` in a job's entrypoint is the project's, and ``RAY_ADDRESS`` naming the head's own GCS, so that
     its processes never ask another Ray instance on the machine about their cluster (see
-    ``rsvlm.train.distributed.start_local_ray``)."""
+    ``rsvlm.ray_session.start_local_ray``)."""
     bin_dir = str(Path(sys.executable).parent)
     return {**child_env, "PATH": os.pathsep.join([bin_dir, child_env.get("PATH", "")]),
             "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}

@@ -7,9 +7,12 @@ generation as the in-process path, on a GPU when the cluster has one.
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any, Sequence
 
 import numpy as np
+import ray
+import torch
 
 from rsvlm.config import from_dict, to_dict
 from rsvlm.config.job import JobConfig
@@ -17,17 +20,15 @@ from rsvlm.data.images import open_rgb
 from rsvlm.data.storage import Storage, resolve_inside
 from rsvlm.eval.generate import Prompt, generate_answers
 from rsvlm.model.build import LoadedModel, load_model
+from rsvlm.ray_session import ensure_ray
+from rsvlm.strategies.checkpoint import load_checkpoint
+from rsvlm.tracking import resolve_model_uri
 
 BASE_MODEL = "base"
 
 
 def load_for_evaluation(job: JobConfig, model_uri: str) -> LoadedModel:
     """The model behind ``model_uri``: ``base`` (untrained), ``models:/…``, ``runs:/…`` or a checkpoint folder."""
-    import tempfile
-
-    from rsvlm.strategies.checkpoint import load_checkpoint
-    from rsvlm.tracking import resolve_model_uri
-
     if model_uri == BASE_MODEL:
         return load_model(job.model)
     with tempfile.TemporaryDirectory(prefix="rsvlm-model-") as scratch:
@@ -38,8 +39,6 @@ class QuestionAnswerer:
     """Answers batches of question rows with one loaded model (a Ray Data actor, or used directly)."""
 
     def __init__(self, job: dict[str, Any] | JobConfig, model_uri: str):
-        import torch
-
         self.job = job if isinstance(job, JobConfig) else from_dict(job)
         self.loaded = load_for_evaluation(self.job, model_uri)
         if torch.cuda.is_available():
@@ -67,10 +66,6 @@ def answer_questions(job: JobConfig, model_uri: str, questions: Sequence[dict[st
     if job.benchmark.workers == 0:
         answered = QuestionAnswerer(job, model_uri)(batch)
         return [str(a) for a in answered["answer"]]
-    import ray
-
-    from rsvlm.train.distributed import ensure_ray
-
     ensure_ray(job.ray_address)
     ray.data.DataContext.get_current().enable_progress_bars = False
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0

@@ -18,11 +18,9 @@ from rsvlm.tracking.params import (
 )
 from rsvlm.tracking.registry import (
     ResolvedModel,
-    get_alias_version,
     pin_model_uri,
     register_model_version,
     resolve_model_uri,
-    set_alias,
 )
 from rsvlm.tracking.runs import (
     best_effort,
@@ -47,7 +45,6 @@ __all__ = [
     "ensure_experiment",
     "finish_run",
     "flatten_config",
-    "get_alias_version",
     "is_secret_key",
     "is_transient_tracking_error",
     "make_logger",
@@ -59,5 +56,4 @@ __all__ = [
     "register_model_version",
     "reopen_run",
     "resolve_model_uri",
-    "set_alias",
 ]

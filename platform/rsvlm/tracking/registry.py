@@ -133,21 +133,6 @@ def register_model_version(
     return version
 
 
-def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:
-    """Point ``alias`` of registered model ``name`` at ``version`` (moving it if already set)."""
-    _client(tracking_uri).set_registered_model_alias(name, alias, str(version))
-
-
-def get_alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
-    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
-    try:
-        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
-    except MlflowException as exc:
-        if exc.error_code in _LOOKUP_FAILED:
-            return None
-        raise
-
-
 def registered_model(client: MlflowClient, name: str, uri: str, tracking_uri: str) -> Any:
     """The registered model ``name``; :class:`ModelNotFoundError` naming ``uri`` and the command that
     registers one when it does not exist."""

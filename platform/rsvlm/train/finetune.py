@@ -23,6 +23,7 @@ from rsvlm.data.storage import Storage, is_remote
 from rsvlm.data.template import chat_template
 from rsvlm.errors import JobError
 from rsvlm.model.build import load_processor
+from rsvlm.ray_session import ensure_ray
 from rsvlm.tracking import flatten_config
 from rsvlm.tracking.lifecycle import (
     RUN_RECORD,
@@ -101,7 +102,7 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
     # manifest (data.verify; rsvlm.data.prepare.verify_prepared).
     manifest = verified_manifest(job.data, storage)
     processor, image_tokens = load_processor(job.model)
-    started_ray = distributed.ensure_ray(job.ray_address)
+    started_ray = ensure_ray(job.ray_address)
     distributed.check_resources(job.scaling, 0 if started_ray else job.scaling.resource_wait_s)
     strategy = job.strategy
     if strategy.name is StrategyName.moe_lora and strategy.routing is Routing.task and not strategy.tasks:

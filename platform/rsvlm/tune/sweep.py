@@ -14,6 +14,7 @@ and each unfinished trial resumes its Ray Train run from its latest checkpoint, 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,8 @@ from rsvlm.config.job import JobConfig
 from rsvlm.config.sweep import SearchAlgorithm, TrialScheduler
 from rsvlm.data.prepare import prepared_manifest
 from rsvlm.data.storage import Storage, is_remote
-from rsvlm.errors import JobError
+from rsvlm.errors import DEBUG_ENV, JobError
+from rsvlm.ray_session import ensure_ray
 from rsvlm.tracking import best_effort, finish_run, flatten_config, make_logger, mask_url_credentials
 from rsvlm.tracking.lifecycle import (
     SWEEP_RECORD,
@@ -127,7 +129,7 @@ def _run_sweep_locked(job: JobConfig, storage: Storage, name: str) -> SweepResul
     if record.finished:
         raise SweepFinishedError(f"sweep.name={name}", f"the sweep already finished ({record_uri})",
                                  "choose a new sweep.name")
-    started_ray = distributed.ensure_ray(job.ray_address)
+    started_ray = ensure_ray(job.ray_address)
     distributed.check_resources(job.scaling, 0 if started_ray else job.scaling.resource_wait_s)
     manifest = prepared_manifest(job.data, storage)
 
@@ -175,10 +177,6 @@ def _sweep_result(job: JobConfig, name: str, storage: Storage, manifest: dict[st
 def _tuner(job: JobConfig, name: str, experiment_uri: str, parent_run_id: Optional[str], concurrent: int,
            total_steps: int) -> tune.Tuner:
     """A new Tuner, or the one of an interrupted sweep of the same name restored from storage."""
-    import os
-
-    from rsvlm.errors import DEBUG_ENV
-
     filesystem, experiment_path = Storage(job.storage).filesystem(experiment_uri)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=to_dict(job), sweep_name=name, parent_run_id=parent_run_id),
