@@ -1,7 +1,10 @@
-"""The whole pipeline on one config: prepare_data → finetune → evaluate → register (what `make demo` runs).
+"""The whole pipeline on one config: prepare_data → align → finetune → evaluate → register (`make demo`).
 
-It also evaluates the untrained model and a blind baseline (the most frequent answer per question type,
-no image) on the same benchmark, and writes `<workdir>/demo_summary.json`.
+Stage 1 (align: the projector, and the tiny model's vision tower, on captions) runs first unless
+`align.enabled=false`; stage 2 fine-tunes with the configured strategy from its weights. It also evaluates
+the untrained model, a blind baseline (the most frequent answer per question type, no image) and the
+shuffled-image control (the fine-tuned model asked about other questions' images) on the same benchmark,
+and writes `<workdir>/demo_summary.json`.
 
 Local:
     python jobs/pipeline.py                                  # embedded default: synthetic data, tiny model, LoRA
@@ -24,27 +27,35 @@ import register
 
 from rsvlm.config import JobConfig, hydra_main
 from rsvlm.eval.evaluate import BASE_MODEL, evaluate_blind_baseline, evaluate_model
+from rsvlm.train.stages import alignment_job, instruction_job
 
 
 def run(job: JobConfig) -> dict:
     """Run every stage and return the summary that is also written to ``<workdir>/demo_summary.json``."""
     started = time.perf_counter()
     prepare_data.run(job)
-    trained = finetune.run(job)
+    aligned = finetune.run(alignment_job(job)) if job.align.enabled else None
+    stage2 = instruction_job(job, aligned.checkpoint_uri) if aligned else job
+    trained = finetune.run(stage2)
     baseline = evaluate_model(job, BASE_MODEL, label="untrained-baseline")
     blind = evaluate_blind_baseline(job)
     model_uri = (f"models:/{trained.registered_model}@{job.tracking.alias}" if trained.version
                  else trained.checkpoint_uri)
-    tuned = evaluate.run(dataclasses.replace(job, model_uri=model_uri))
-    promotion = register.run(job) if trained.version else None
+    tuned = evaluate.run(dataclasses.replace(stage2, model_uri=model_uri))
+    # The same model asked about other questions' images: it must fall to about the blind baseline.
+    shuffled = evaluate_model(stage2, model_uri, label="shuffled-images", shuffle_images_seed=job.train.seed)
+    promotion = register.run(stage2) if trained.version else None
     summary = {
         "registered_model": trained.registered_model,
         "alias": job.tracking.alias,
         "version": trained.version,
         "champion": promotion.champion_version if promotion else None,
+        "align_checkpoint": aligned.checkpoint_uri if aligned else None,
         "metrics": tuned.metrics,
         "baseline_metrics": baseline.metrics,
         "blind_baseline_metrics": blind.metrics,
+        "shuffled_image_metrics": shuffled.metrics,
+        "align": aligned.metrics if aligned else None,
         "train": trained.metrics,
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -57,9 +68,10 @@ def run(job: JobConfig) -> dict:
 def _print_summary(job: JobConfig, summary: dict, path: Path) -> None:
     print("\n=== rsvlm demo summary ===")
     keys = sorted(set(summary["metrics"]) | set(summary["baseline_metrics"]))
-    print(f"{'metric':34s} {'fine-tuned':>10s} {'untrained':>10s} {'blind':>10s}")
+    print(f"{'metric':34s} {'fine-tuned':>10s} {'untrained':>10s} {'blind':>10s} {'shuffled':>10s}")
     for key in keys:
-        row = [summary[part].get(key) for part in ("metrics", "baseline_metrics", "blind_baseline_metrics")]
+        row = [summary[part].get(key) for part in ("metrics", "baseline_metrics", "blind_baseline_metrics",
+                                                   "shuffled_image_metrics")]
         print(f"{key:34s} " + " ".join(f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in row))
     if summary["version"]:
         print(f"registered {summary['registered_model']} v{summary['version']} @{summary['alias']}")

@@ -238,10 +238,10 @@ def test_an_invalid_override_fails_the_first_step_with_its_one_line_error(tmp_pa
     done = run_cli("run-local", "--workdir", str(tmp_path), *TINY, "strategy=nonsense", timeout=300)
     assert done.returncode != 0
     output = done.stdout + done.stderr
-    assert "error: strategy=nonsense: no such option (choices: full, lora, moe_lora)" in output
+    assert "error: strategy=nonsense: no such option (choices: align, full, lora, moe_lora)" in output
     assert "Inner task failed: 'prepare-data'" in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last == "error: strategy=nonsense: no such option (choices: full, lora, moe_lora)"
+    assert last == "error: strategy=nonsense: no such option (choices: align, full, lora, moe_lora)"
     assert "Executing task 'finetune'" not in re.sub(r"\x1b\[[0-9;]*m", "", output)
     assert not (tmp_path / "mlflow.db").exists()
 

@@ -3,6 +3,7 @@ tags, artifacts, the registered model) — checked by grepping every file a whol
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PASSWORD = "Pa55-w0rd-in-the-uri"
 JUDGE_KEY = "judge-key-from-the-environment"
 SMALL = ["data.synthetic.num_train_images=24", "data.synthetic.num_test_images=2", "scaling=local",
-         "strategy.rank=8", "strategy.alpha=16", "train.max_steps=4", "train.log_every=2", "benchmark.limit=6",
+         "strategy.rank=8", "strategy.alpha=16", "train.max_steps=4", "align.max_steps=2", "train.log_every=2",
+         "benchmark.limit=6",
          "benchmark.workers=0", "tracking.system_metrics_interval_s=0"]
 
 
@@ -50,6 +52,13 @@ def test_a_password_in_the_tracking_uri_reaches_no_output_log_or_model(tmp_path,
     assert files_holding(workdir, secrets) == []
     # The server's database (params, tags, registry) and artifact store (checkpoint, evaluation files).
     assert files_holding(server_root, secrets) == []
+
+    # The pipeline ran both stages and its summary has the four columns, keyed alike.
+    summary = json.loads((workdir / "demo_summary.json").read_text())
+    assert summary["shuffled_image_metrics"].keys() == summary["metrics"].keys() == summary["baseline_metrics"].keys()
+    assert "vqa_accuracy" in summary["blind_baseline_metrics"]
+    assert "vqa_accuracy" in summary["metrics"] and summary["align"]["step"] == 2
+    assert (Path(summary["align_checkpoint"]) / "aligned_parts.safetensors").is_file()
 
     # Tracking still worked, with the host kept in what was recorded.
     client = MlflowClient(mlflow_server)

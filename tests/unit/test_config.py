@@ -95,7 +95,7 @@ def test_job_prints_one_line_and_exits_2(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["error: strategy.name: invalid value 'lorra' (choices: full, lora, moe_lora)"]
+    assert lines == ["error: strategy.name: invalid value 'lorra' (choices: full, lora, moe_lora, align)"]
 
 
 def test_job_shorthands_expand_to_data_keys_and_imply_the_custom_group():

@@ -3,7 +3,7 @@ how it becomes samples, and the built-in synthetic generator."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
@@ -85,6 +85,8 @@ class DataConfig:
     # Share of the prepared records held out for val/loss, chosen by a hash of each record's id: stable
     # across runs, resumes and worker counts, and decided before any image is read. 0 = no validation.
     val_fraction: float = 0.01
+    # Train only on records of these tasks (e.g. [caption] for stage 1); empty = every task.
+    tasks: list[str] = field(default_factory=list)
     # Images fetched concurrently per preprocessing batch. 1 is fastest when the store answers in about a
     # millisecond (local disk, an endpoint on the same machine); raise it (8–16) for a remote S3 whose GETs
     # wait tens of milliseconds.

@@ -11,7 +11,7 @@ from rsvlm.config.data import DataConfig
 from rsvlm.config.evaluation import BenchmarkConfig
 from rsvlm.config.model import ModelConfig
 from rsvlm.config.storage import StorageConfig
-from rsvlm.config.strategy import StrategyConfig, StrategyName
+from rsvlm.config.strategy import AlignConfig, StrategyConfig, StrategyName
 from rsvlm.config.sweep import SweepConfig
 from rsvlm.config.tracking import TrackingConfig
 from rsvlm.config.training import OptimConfig, ScalingConfig, Sharding, TrainConfig
@@ -48,6 +48,7 @@ class JobConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     def __post_init__(self) -> None:
         require(self.scaling.sharding is Sharding.ddp or self.strategy.name is StrategyName.full,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Optional
 
 from rsvlm.config.checks import require
 
@@ -80,8 +81,19 @@ class ModelConfig:
     image_aspect: ImageAspect = ImageAspect.pad
     # Recorded in every checkpoint with the rest of this config, so evaluation prompts as training did.
     chat_template: ChatTemplateName = ChatTemplateName.vicuna_v1
+    # Stage-1 weights to start from (LLaVA's pretrain_mm_mlp_adapter): an align run's checkpoint, as a folder,
+    # runs:/<id>/checkpoint or models:/<name>@<alias>. They are loaded before the strategy is applied and
+    # saved inside every checkpoint of this run, so the stage-2 model is whole without them.
+    init_from: Optional[str] = None
     # Seed of the tiny model's initial weights; the same seed gives the same untrained model.
     init_seed: int = 0
 
     def __post_init__(self) -> None:
         require(bool(self.name_or_path), "model.name_or_path", "must name 'tiny', a hub id or a folder")
+        require(self.init_from is None or bool(self.init_from.strip()), "model.init_from",
+                "must name an align checkpoint (folder, runs:/ or models:/ URI) or be null")
+
+    @property
+    def pretrained(self) -> bool:
+        """False for the tiny model, which is random throughout (no CLIP, no language pretraining)."""
+        return self.name_or_path != "tiny"

@@ -12,9 +12,13 @@ from rsvlm.config.errors import ConfigError
 
 
 class StrategyName(Enum):
+    """``align`` is LLaVA's stage 1 (feature alignment: the projector trained with the rest frozen; the random
+    tiny model trains every part); the others instruction-tune (stage 2)."""
+
     full = "full"
     lora = "lora"
     moe_lora = "moe_lora"
+    align = "align"
 
 
 class Routing(Enum):
@@ -90,3 +94,29 @@ class StrategyConfig:
             require(self.aux_loss_coef >= 0, "strategy.aux_loss_coef", "must be >= 0")
         require(any(getattr(self, p) is not Trainability.frozen for p in ("vision_tower", "projector", "llm")),
                 "strategy", "every part is frozen: nothing would train")
+
+
+@dataclass
+class AlignConfig:
+    """Stage 1 as the pipeline (``make demo``) runs it before instruction tuning: the align strategy on
+    image-caption records at LLaVA's pretraining lr; the stage-2 run starts from its checkpoint."""
+
+    enabled: bool = True
+    max_steps: int = 200
+    lr: float = 1e-3
+    # The records it trains on (data.tasks of the stage-1 run).
+    tasks: list[str] = field(default_factory=lambda: ["caption"])
+    # How stage 1 trains the vision tower and the LLM. null = auto: frozen for a pretrained model (LLaVA's
+    # recipe: only the projector learns), full for the tiny model, which is random throughout: a frozen
+    # random LLM cannot learn to caption and a frozen random tower sees nothing, so its stage 1 trains every
+    # part on captions, a stand-in for the pretraining a real checkpoint has.
+    vision_tower: Optional[Trainability] = None
+    llm: Optional[Trainability] = None
+
+    def __post_init__(self) -> None:
+        require(self.max_steps > 0, "align.max_steps", "must be > 0")
+        require(self.lr > 0, "align.lr", "must be > 0")
+        require(bool(self.tasks), "align.tasks", "must name at least one task, e.g. [caption]")
+        for part in ("vision_tower", "llm"):
+            require(getattr(self, part) is not Trainability.adapter, f"align.{part}", "must be frozen, full or null",
+                    ["frozen", "full", None])

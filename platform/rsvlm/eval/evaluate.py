@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from rsvlm.config.job import JobConfig
 from rsvlm.data.prepare import read_prepared_records
 from rsvlm.data.images import open_rgb
@@ -49,23 +51,41 @@ class Evaluation:
     model_version: Optional[str] = None
 
 
-def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None) -> Evaluation:
+def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None, *,
+                   shuffle_images_seed: Optional[int] = None) -> Evaluation:
     """Answer every question of ``job.benchmark`` with greedy decoding, score, write files, log to MLflow.
 
     A ``models:/<name>@<alias>`` URI is pinned to the version the alias names now, so the answers, the
     scores and the tags written on the version all refer to one version.
+
+    ``shuffle_images_seed`` makes the *shuffled-image control*: each question is asked about another
+    question's image (a seeded permutation) and scored against its own ground truth. A model that reads the
+    image falls to about the blind baseline there. The control never writes on a model version.
     """
     name = version = None
     if model_uri.startswith("models:/"):
         model_uri, name, version = pin_model_uri(model_uri, job.tracking.uri)
     questions = _benchmark_questions(job, Storage(job.storage))
-    answers = answer_questions(job, model_uri, questions)
+    asked = questions if shuffle_images_seed is None else shuffled_images(questions, shuffle_images_seed)
+    answers = answer_questions(job, model_uri, asked)
     label = label or (f"{name}-v{version}" if name else Path(model_uri).name or "model")
     evaluation = _record(job, label, prediction_rows(questions, answers))
-    evaluation.model_name, evaluation.model_version = name, version
+    if shuffle_images_seed is None:  # the control is not an evaluation of the version
+        evaluation.model_name, evaluation.model_version = name, version
     if job.tracking.enabled:
-        evaluation.run_id = _log_evaluation(job, evaluation, model_uri)
+        evaluation.run_id = _log_evaluation(job, evaluation, model_uri,
+                                            control="shuffled_images" if shuffle_images_seed is not None else None)
     return evaluation
+
+
+def shuffled_images(questions: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The questions with their images permuted among those that have one (a seeded permutation)."""
+    with_image = [i for i, question in enumerate(questions) if question.get("image")]
+    order = np.random.default_rng(seed).permutation(len(with_image))
+    shuffled = [dict(question) for question in questions]
+    for target, source in zip(with_image, order):
+        shuffled[target]["image"] = questions[with_image[source]]["image"]
+    return shuffled
 
 
 def evaluate_predictions(job: JobConfig, label: Optional[str] = None) -> Evaluation:
@@ -166,12 +186,13 @@ def _record(job: JobConfig, label: str, rows: list[dict[str, Any]],
     return Evaluation(label, metrics, predictions, metrics_path)
 
 
-def _log_evaluation(job: JobConfig, evaluation: Evaluation, model_uri: str, answer_file: bool = False) -> str:
+def _log_evaluation(job: JobConfig, evaluation: Evaluation, model_uri: str, answer_file: bool = False,
+                    control: Optional[str] = None) -> str:
     # What was scored: a registered model version (the only source promotion accepts), another model (a
-    # folder, a run's checkpoint, the base model) or an answer file.
+    # folder, a run's checkpoint, the base model, or a control run of any model) or an answer file.
     source = SOURCE_ANSWER_FILE if answer_file else SOURCE_MODEL_VERSION if evaluation.model_name else SOURCE_MODEL
     tags = {"rsvlm.job": "evaluate", "rsvlm.benchmark": job.benchmark.name, "rsvlm.model_uri": model_uri,
-            EVAL_SOURCE_TAG: source}
+            EVAL_SOURCE_TAG: source, **({"rsvlm.eval.control": control} if control else {})}
     if evaluation.model_name:
         tags.update({"rsvlm.model_name": evaluation.model_name, "rsvlm.model_version": evaluation.model_version})
     prefix = f"eval/{job.benchmark.name}"

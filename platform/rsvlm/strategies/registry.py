@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rsvlm.config.strategy import StrategyConfig, StrategyName
+from rsvlm.strategies.align import AlignStrategy
 from rsvlm.strategies.base import Strategy
 from rsvlm.strategies.full import FullStrategy
 from rsvlm.strategies.lora import LoraStrategy
@@ -12,6 +13,7 @@ STRATEGIES: dict[StrategyName, type] = {
     StrategyName.full: FullStrategy,
     StrategyName.lora: LoraStrategy,
     StrategyName.moe_lora: MoeLoraStrategy,
+    StrategyName.align: AlignStrategy,
 }
 
 

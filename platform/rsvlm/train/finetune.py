@@ -8,10 +8,13 @@ the same name again therefore resumes both: Ray Train from the latest checkpoint
 from __future__ import annotations
 
 import math
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+
+from safetensors.torch import save as save_safetensors
 
 from rsvlm.config import to_dict
 from rsvlm.config.job import JobConfig
@@ -24,7 +27,8 @@ from rsvlm.data.template import chat_template
 from rsvlm.errors import JobError
 from rsvlm.model.build import load_processor
 from rsvlm.ray_session import ensure_ray
-from rsvlm.tracking import flatten_config
+from rsvlm.strategies.checkpoint import INIT_WEIGHTS_FILE, init_weights
+from rsvlm.tracking import flatten_config, resolve_model_uri
 from rsvlm.tracking.lifecycle import (
     RUN_RECORD,
     RunRecord,
@@ -63,8 +67,18 @@ def total_training_steps(job: JobConfig, manifest: dict[str, Any]) -> int:
     if job.train.max_steps is not None:
         return job.train.max_steps
     # The validation hold-out is a hash split, so its size is the expected share, not an exact count.
-    training_records = manifest["records"] * (1.0 - job.data.val_fraction)
+    records = (sum(manifest["by_task"].get(task, 0) for task in job.data.tasks) if job.data.tasks
+               else manifest["records"])
+    training_records = records * (1.0 - job.data.val_fraction)
     return max(1, math.ceil(job.train.epochs * training_records / job.global_batch_size))
+
+
+def check_tasks(job: JobConfig, manifest: dict[str, Any]) -> None:
+    """Refuse ``data.tasks`` naming a task the prepared dataset has no record of (it would train on nothing)."""
+    missing = sorted(set(job.data.tasks) - set(manifest["by_task"]))
+    if missing:
+        raise JobError(f"data.tasks={list(job.data.tasks)}", f"the prepared dataset {job.data.uri} has no record of "
+                       f"task(s) {missing}", f"pick among {sorted(manifest['by_task'])}")
 
 
 def data_seed(seed: int, start: int) -> int:
@@ -101,6 +115,7 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
     # synthetic data is prepared when missing, other data must exist, and the shards are checked against the
     # manifest (data.verify; rsvlm.data.prepare.verify_prepared).
     manifest = verified_manifest(job.data, storage)
+    check_tasks(job, manifest)
     processor, image_tokens = load_processor(job.model)
     started_ray = ensure_ray(job.ray_address)
     distributed.check_resources(job.scaling, 0 if started_ray else job.scaling.resource_wait_s)
@@ -115,6 +130,7 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
         raise RunFinishedError(f"train.run_name={run_name}", f"the run already finished ({record_uri})",
                                "choose a new train.run_name")
     datasets = _datasets(job, manifest, processor, image_tokens, storage, record.starts)
+    init_weights_uri = stage_init_weights(job, storage, run_name)
     total_steps = total_training_steps(job, manifest)
     untracked = ("Training goes on untracked: its metrics are not recorded and the model will not be registered; "
                  f"the checkpoints are under {job.train.storage_uri}")
@@ -125,7 +141,8 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
         write_record(storage, record_uri, record)
         trainer = distributed.make_trainer(
             train_loop_per_worker,
-            RecipeArgs(job, total_steps, run_name, run.run_id, validate="val" in datasets).to_loop_config(),
+            RecipeArgs(job, total_steps, run_name, run.run_id, validate="val" in datasets,
+                       init_weights_uri=init_weights_uri).to_loop_config(),
             job, datasets, run_name, callbacks=callbacks)
         result = trainer.fit()
         checkpoint_uri = ("s3://" + result.checkpoint.path if is_remote(job.train.storage_uri)
@@ -144,8 +161,33 @@ def _datasets(job: JobConfig, manifest: dict[str, Any], processor, image_tokens:
     """The Ray datasets the trainer reads: ``train``, and ``val`` when validation runs."""
     builder = SampleBuilder(processor, chat_template(job.model.chat_template), image_tokens, job.data.max_length,
                             manifest["image_root"], job.model.image_aspect, storage, job.data.fetch_threads)
-    datasets = {"train": training_dataset(job.data.uri, manifest, builder, shuffle=job.data.shuffle,
-                                          seed=data_seed(job.train.seed, starts), val_fraction=job.data.val_fraction)}
-    if job.data.val_fraction > 0 and job.train.val_batches > 0:
-        datasets["val"] = validation_dataset(job.data.uri, manifest, builder, val_fraction=job.data.val_fraction)
+    data = job.data
+    datasets = {"train": training_dataset(data.uri, manifest, builder, shuffle=data.shuffle,
+                                          seed=data_seed(job.train.seed, starts), val_fraction=data.val_fraction,
+                                          tasks=data.tasks)}
+    if data.val_fraction > 0 and job.train.val_batches > 0:
+        datasets["val"] = validation_dataset(data.uri, manifest, builder, val_fraction=data.val_fraction,
+                                             tasks=data.tasks)
     return datasets
+
+
+def stage_init_weights(job: JobConfig, storage: Storage, run_name: str) -> Optional[str]:
+    """The stage-1 weights ``model.init_from`` names, copied once into the run's folder, where every worker
+    (on any node) and every restart reads the same ones; None when the run starts from the base model.
+
+    A restart finds the copy and does not resolve ``models:/…@alias`` again, so it cannot pick up another version.
+    """
+    if job.model.init_from is None:
+        return None
+    uri = storage.join(job.train.storage_uri, run_name, INIT_WEIGHTS_FILE)
+    if storage.exists(uri):
+        return uri
+    source = job.model.init_from
+    with tempfile.TemporaryDirectory(prefix="rsvlm-init-") as scratch:
+        if is_remote(source):
+            with storage.local_folder(source) as folder:
+                tensors = init_weights(folder)
+        else:
+            tensors = init_weights(resolve_model_uri(source, job.tracking.uri, scratch).local_path)
+    storage.write_bytes(uri, save_safetensors(tensors, metadata={"format": "pt", "init_from": source}))
+    return uri

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import load as load_safetensors
 
 from rsvlm.config import from_dict, to_dict
 from rsvlm.config.job import JobConfig
 from rsvlm.model.build import LoadedModel, load_model
 from rsvlm.model.memory import enable_gradient_checkpointing, estimate_training_memory, trainable_parameter_report
+from rsvlm.data.storage import Storage
 from rsvlm.model.parts import trainable_parameter_counts
 from rsvlm.strategies import build_strategy
+from rsvlm.strategies.align import load_parts
 from rsvlm.strategies.checkpoint import save_checkpoint
 from rsvlm.tracking import NullRunLogger, RunLogger, make_logger
 from rsvlm.train import distributed
@@ -55,16 +58,19 @@ class RecipeArgs:
     """The run the driver created; rank 0 logs into it, other ranks log nothing."""
     validate: bool = False
     """The trainer was given a ``val`` dataset."""
+    init_weights_uri: Optional[str] = None
+    """The stage-1 weights of ``model.init_from``, staged by the driver in the run's folder."""
 
     def to_loop_config(self) -> dict[str, Any]:
         """Plain values only: Ray ships the loop config to the workers."""
         return {"job": to_dict(self.job), "total_steps": self.total_steps, "run_name": self.run_name,
-                "mlflow_run_id": self.mlflow_run_id, "validate": self.validate}
+                "mlflow_run_id": self.mlflow_run_id, "validate": self.validate,
+                "init_weights_uri": self.init_weights_uri}
 
     @classmethod
     def from_loop_config(cls, config: dict[str, Any]) -> "RecipeArgs":
         return cls(from_dict(config["job"]), config["total_steps"], config["run_name"], config.get("mlflow_run_id"),
-                   bool(config.get("validate")))
+                   bool(config.get("validate")), config.get("init_weights_uri"))
 
 
 @dataclass
@@ -183,6 +189,11 @@ class FinetuneRecipe:
         # stream for dropout in _setup_optimizer.
         torch.manual_seed(job.train.seed)
         self.loaded: LoadedModel = load_model(job.model)
+        # Stage-1 weights go in before the strategy wraps the model, and are saved with every checkpoint.
+        self.init_weights = {}
+        if self.args.init_weights_uri:
+            self.init_weights = load_safetensors(Storage(job.storage).read_bytes(self.args.init_weights_uri))
+            load_parts(self.loaded.model, self.init_weights, self.args.init_weights_uri)
         self.strategy = build_strategy(job.strategy)
         self.model = self.strategy.apply(self.loaded.model)
         self.precision = autocast_dtype(job.train.mixed_precision, self.context.device)
@@ -330,7 +341,8 @@ class FinetuneRecipe:
 
     def _save(self, directory: Path, report: dict[str, Any], state_dict: Optional[dict],
               state: TrainingState) -> None:
-        save_checkpoint(directory, distributed.unwrap(self.model), self.loaded.processor, self.job, report, state_dict)
+        save_checkpoint(directory, distributed.unwrap(self.model), self.loaded.processor, self.job, report, state_dict,
+                        self.init_weights)
         save_training_state(directory, state)
 
     # -- cleanup -----------------------------------------------------------------------------------------------
