@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from rsvlm.data.prepare import prepare_dataset

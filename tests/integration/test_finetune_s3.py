@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 
 from rsvlm.data.prepare import prepare_dataset
 from rsvlm.data.storage import Storage
