@@ -97,3 +97,20 @@ def test_sweep_bench_prints_its_speedup():
     assert figures["concurrent"]["serial"] == 1 and figures["concurrent"]["parallel"] >= 1
     ratio = figures["serial_wall_s"] / figures["parallel_wall_s"]
     assert figures["parallel_speedup"] == pytest.approx(ratio, rel=0.05)
+
+
+def test_vision_probe_bench_prints_true_and_shuffled_accuracies(tmp_path):
+    common = ["--train-images", "16", "--test-images", "4", "--workdir", str(tmp_path)]
+    for mode in ("probe", "train"):
+        extra = ["--steps", "2", "--caption-steps", "1"] if mode == "train" else []
+        result = subprocess.run([sys.executable, "bench/vision_probe.py", "--mode", mode, *extra, *common],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        if mode == "probe":
+            assert set(figures["probe_accuracy"]) == set(figures["base_rate"]) and len(figures["base_rate"]) == 5
+            assert all(0.0 <= v <= 1.0 for v in figures["probe_accuracy"].values())
+        else:
+            for kind in ("presence", "count", "comparison"):
+                assert 0.0 <= figures[f"{kind}_true"] <= 1.0 and 0.0 <= figures[f"{kind}_shuffled"] <= 1.0
+            assert math.isfinite(figures["train_loss"]) and math.isfinite(figures["caption_loss"])

@@ -95,5 +95,5 @@ class ModelConfig:
 
     @property
     def pretrained(self) -> bool:
-        """False for the tiny model, which is random throughout (no CLIP, no language pretraining)."""
+        """False for the tiny model, which is built random in-process (no CLIP, no language pretraining)."""
         return self.name_or_path != "tiny"

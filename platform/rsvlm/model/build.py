@@ -98,7 +98,7 @@ class LoadedModel:
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """The untrained base model named by ``cfg`` (``tiny``, e.g. ``llava-hf/llava-1.5-7b-hf``, or a folder)."""
-    if cfg.name_or_path == "tiny":
+    if not cfg.pretrained:
         model, processor = build_tiny_llava(cfg.tiny, cfg.init_seed, tiny_tokenizer_corpus(cfg))
         model.set_attn_implementation(cfg.attn_implementation.value)
         return LoadedModel(model.to(TORCH_DTYPES[cfg.dtype]), processor, cfg)
@@ -139,7 +139,7 @@ def image_token_count(config) -> int:
 
 def load_processor(cfg: ModelConfig) -> tuple[object, int]:
     """The processor of the model named by ``cfg`` and its image-token count, without loading weights."""
-    if cfg.name_or_path == "tiny":
+    if not cfg.pretrained:
         loaded = load_model(cfg)
         return loaded.processor, loaded.image_token_count
     source = resolve_model_source(cfg.name_or_path)

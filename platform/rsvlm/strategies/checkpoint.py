@@ -76,8 +76,7 @@ def load_checkpoint(directory: Path) -> LoadedModel:
         raise FileNotFoundError(f"{directory} is not an rsvlm checkpoint (no {STRATEGY_FILE})")
     strategy, model_config = checkpoint_configs(directory)
     base = load_model(model_config)
-    if (directory / INIT_WEIGHTS_FILE).is_file():
-        load_parts(base.model, load_file(str(directory / INIT_WEIGHTS_FILE)), directory / INIT_WEIGHTS_FILE)
+    load_parts(base.model, _carried_init_weights(directory), directory / INIT_WEIGHTS_FILE)
     model = build_strategy(strategy).load(base.model, directory)
     processor = AutoProcessor.from_pretrained(directory / PROCESSOR_DIR)
     return LoadedModel(model.eval(), processor, model_config)
@@ -101,5 +100,10 @@ def init_weights(directory: Path) -> dict[str, torch.Tensor]:
     if strategy.name is not StrategyName.align:
         raise JobError(f"model.init_from={directory}", f"a '{strategy.name.value}' checkpoint, not a stage-1 one",
                        "start from an align run (strategy=align), e.g. models:/rsvlm-<model>-align@candidate")
-    weights = load_file(str(directory / INIT_WEIGHTS_FILE)) if (directory / INIT_WEIGHTS_FILE).is_file() else {}
-    return weights | load_file(str(directory / ALIGNED_PARTS_FILE))
+    return _carried_init_weights(directory) | load_file(str(directory / ALIGNED_PARTS_FILE))
+
+
+def _carried_init_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The stage-1 weights a checkpoint's run started from (``init_weights.safetensors``); none for most runs."""
+    path = Path(directory) / INIT_WEIGHTS_FILE
+    return load_file(str(path)) if path.is_file() else {}

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig
 from ray.train import ScalingConfig as RayScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution import context as train_context
 from torch import nn
 
 from rsvlm.config.job import JobConfig
@@ -166,8 +167,6 @@ def worker_context(torch_threads: int = 0) -> WorkerContext:
     # its file's path, not under ray.train), and Ray Data every execution plan, at INFO: in a day-long run's
     # `ray job logs` they bury the progress lines, which say the same things once. RSVLM_DEBUG=1 keeps them.
     if not os.environ.get(DEBUG_ENV):
-        from ray.train.v2._internal.execution import context as train_context
-
         for name in ("ray.train", "ray.data", train_context.__file__):
             logging.getLogger(name).setLevel(logging.WARNING)
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")

@@ -42,6 +42,7 @@ from rsvlm.train import distributed, run_lock
 from rsvlm.train.loop import train_loop_per_worker
 from rsvlm.train.recipe import RecipeArgs
 
+
 @dataclass
 class FinetuneResult:
     checkpoint_uri: str  # the final checkpoint: a local folder, or s3://… when train.storage_uri is on S3
@@ -159,9 +160,9 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
 def _datasets(job: JobConfig, manifest: dict[str, Any], processor, image_tokens: int, storage: Storage,
               starts: int) -> dict[str, Any]:
     """The Ray datasets the trainer reads: ``train``, and ``val`` when validation runs."""
-    builder = SampleBuilder(processor, chat_template(job.model.chat_template), image_tokens, job.data.max_length,
-                            manifest["image_root"], job.model.image_aspect, storage, job.data.fetch_threads)
     data = job.data
+    builder = SampleBuilder(processor, chat_template(job.model.chat_template), image_tokens, data.max_length,
+                            manifest["image_root"], job.model.image_aspect, storage, data.fetch_threads)
     datasets = {"train": training_dataset(data.uri, manifest, builder, shuffle=data.shuffle,
                                           seed=data_seed(job.train.seed, starts), val_fraction=data.val_fraction,
                                           tasks=data.tasks)}

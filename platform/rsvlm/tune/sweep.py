@@ -34,10 +34,11 @@ from rsvlm.data.prepare import prepared_manifest
 from rsvlm.data.storage import Storage, is_remote
 from rsvlm.errors import DEBUG_ENV, JobError
 from rsvlm.ray_session import ensure_ray
-from rsvlm.tracking import best_effort, finish_run, flatten_config, make_logger, mask_url_credentials
+from rsvlm.tracking import best_effort, flatten_config, make_logger, mask_url_credentials
 from rsvlm.tracking.lifecycle import (
     SWEEP_RECORD,
     SweepRecord,
+    TrackedRun,
     default_run_name,
     read_record,
     register_checkpoint,
@@ -286,11 +287,9 @@ def _close_trial_runs(job: JobConfig, outcomes: list[TrialOutcome]) -> None:
     which left the run RUNNING)."""
     for outcome in outcomes:
         if outcome.run_id:
-            run_id = outcome.run_id
-            status = {COMPLETED: "FINISHED", STOPPED_EARLY: "KILLED", FAILED: "FAILED"}[outcome.status]
-            best_effort(lambda: finish_run(job.tracking.uri, run_id, status))
-            best_effort(lambda: make_logger(job.tracking.uri, run_id, True).set_tags(
-                {"rsvlm.sweep.status": outcome.status}))
+            run = TrackedRun(outcome.run_id, job.tracking.uri)
+            run.end({COMPLETED: "FINISHED", STOPPED_EARLY: "KILLED", FAILED: "FAILED"}[outcome.status])
+            best_effort(lambda: run.logger().set_tags({"rsvlm.sweep.status": outcome.status}))
 
 
 def _write_results(job: JobConfig, storage: Storage, experiment_uri: str, result: SweepResult) -> str:
