@@ -40,6 +40,7 @@ from rsvlm.data.images import open_rgb, preprocess_images
 from rsvlm.data.samples import SampleBuilder, collate
 from rsvlm.data.synthetic import CATEGORIES, write_dataset
 from rsvlm.data.template import chat_template
+from rsvlm.eval.evaluate import shuffled_images
 from rsvlm.eval.generate import Prompt, generate_answers
 from rsvlm.model.build import load_model
 from rsvlm.strategies import build_strategy
@@ -139,10 +140,9 @@ def train(args, root: Path) -> dict:
         if not chosen:
             continue
         images = {q["image"]: open_rgb((root / q["image"]).read_bytes()) for q in chosen}
-        order = np.random.default_rng(1).permutation(len(chosen))
-        for label, pick in (("true", range(len(chosen))), ("shuffled", order)):
-            answers = generate_answers(loaded, [Prompt(q["text"], images[chosen[j]["image"]])
-                                                for q, j in zip(chosen, pick)], max_new_tokens=8)
+        for label, asked in (("true", chosen), ("shuffled", shuffled_images(chosen, seed=1))):
+            answers = generate_answers(loaded, [Prompt(q["text"], images[q["image"]]) for q in asked],
+                                       max_new_tokens=8)
             correct = [a.strip().lower() == q["ground_truth"].strip().lower() for a, q in zip(answers, chosen)]
             figures[f"{kind}_{label}"] = round(float(np.mean(correct)), 3)
             if kind == "presence" and label == "true":
