@@ -102,3 +102,13 @@ def test_an_unknown_task_filter_is_refused_before_training(stages):
     with pytest.raises(JobError, match=r"data.tasks=\['captions'\]: .* has no record of task\(s\) \['captions'\]"):
         run_finetune(bad)
     assert not (Path(bad.train.storage_uri) / "bad-tasks" / "rsvlm_run.json").exists()
+
+
+def test_stage_one_takes_its_own_micro_batch(tmp_path):
+    # A random tiny model learns to read the image far sooner in large batches (docs/PERFORMANCE.md); stage 2
+    # keeps its own batch settings.
+    common = [f"workdir={tmp_path}", "train.micro_batch_size=4", "train.global_batch_size=8"]
+    stage1 = alignment_job(compose([*common, "align.micro_batch_size=32"]))
+    assert (stage1.train.micro_batch_size, stage1.train.global_batch_size, stage1.global_batch_size) == (32, None, 32)
+    default = alignment_job(compose(common))
+    assert (default.train.micro_batch_size, default.train.global_batch_size) == (4, 8)

@@ -66,6 +66,8 @@ def test_round_trip_through_plain_dict(tmp_path):
     ("optim.lr=-1", "optim.lr", None),
     ("strategy.llm=frozen", "strategy.llm", ["adapter"]),
     ("scaling.num_workers=-1", "scaling.num_workers", None),
+    ("data.synthetic.object_scale=3", "data.synthetic.object_scale", None),
+    ("align.micro_batch_size=0", "align.micro_batch_size", None),
 ])
 def test_bad_values_name_the_key_and_choices(tmp_path, override, key, choices):
     with pytest.raises(ConfigError) as caught:

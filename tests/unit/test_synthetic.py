@@ -161,6 +161,24 @@ def test_test_split_does_not_depend_on_train_size(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_object_scale_grows_every_object_and_is_recorded(tmp_path: Path) -> None:
+    from rsvlm.data.synthetic.layout import _SIZES
+
+    kwargs = dict(seed=5, num_train_images=30, num_test_images=0, image_size=64)
+    for scale in (1.0, 1.5):
+        summary = write_dataset(tmp_path / str(scale), object_scale=scale, **kwargs)
+        scenes = json.loads((tmp_path / str(scale) / "scenes.json").read_text())
+        assert summary["object_scale"] == scenes["object_scale"] == scale
+        objects = [obj for scene in scenes["images"] for obj in scene["objects"]]
+        assert {obj["category"] for obj in objects} == set(CATEGORIES)
+        for obj in objects:
+            (lo, hi), _ = _SIZES[obj["category"]]
+            assert lo * scale - 1e-4 <= obj["w"] <= hi * scale + 1e-4, (scale, obj)
+    with pytest.raises(ValueError, match="object_scale"):
+        write_dataset(tmp_path / "huge", object_scale=3.0, **kwargs)
+    assert not (tmp_path / "huge" / "scenes.json").exists()
+
+
 # ----------------------------------------------------------------------------------------------- ground truth
 
 

@@ -49,11 +49,14 @@ class SyntheticDataConfig:
     num_train_images: int = 400
     num_test_images: int = 60
     image_size: int = 128
+    # Multiplies every object's size range; 1 = the generator's own sizes (rsvlm.data.synthetic.layout).
+    object_scale: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.num_train_images > 0, "data.synthetic.num_train_images", "must be > 0")
         require(self.num_test_images > 0, "data.synthetic.num_test_images", "must be > 0")
         require(self.image_size >= 32, "data.synthetic.image_size", "must be >= 32 pixels")
+        require(0.5 <= self.object_scale <= 2.0, "data.synthetic.object_scale", "must be in [0.5, 2.0]")
 
 
 @dataclass

@@ -106,6 +106,9 @@ class AlignConfig:
     lr: float = 1e-3
     # The records it trains on (data.tasks of the stage-1 run).
     tasks: list[str] = field(default_factory=lambda: ["caption"])
+    # Its micro-batch per worker (an optimizer step each, no accumulation); null = train.micro_batch_size and
+    # train.global_batch_size, as stage 2 has them.
+    micro_batch_size: Optional[int] = None
     # How stage 1 trains the vision tower and the LLM. null = auto: frozen for a pretrained model (LLaVA's
     # recipe: only the projector learns), full for the tiny model, which is random throughout: a frozen
     # random LLM cannot learn to caption and a frozen random tower sees nothing, so its stage 1 trains every
@@ -116,6 +119,8 @@ class AlignConfig:
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "align.max_steps", "must be > 0")
         require(self.lr > 0, "align.lr", "must be > 0")
+        require(self.micro_batch_size is None or self.micro_batch_size > 0, "align.micro_batch_size",
+                "must be > 0 or null")
         require(bool(self.tasks), "align.tasks", "must name at least one task, e.g. [caption]")
         for part in ("vision_tower", "llm"):
             require(getattr(self, part) is not Trainability.adapter, f"align.{part}", "must be frozen, full or null",

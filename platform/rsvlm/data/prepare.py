@@ -104,7 +104,8 @@ def prepare_dataset(cfg: DataConfig, storage: Optional[Storage] = None) -> Prepa
             raise JobError(f"data.image_root={cfg.image_root}", "synthetic data is generated to a local folder",
                            "give a local path")
         write_dataset(cfg.image_root, seed=cfg.synthetic.seed, num_train_images=cfg.synthetic.num_train_images,
-                      num_test_images=cfg.synthetic.num_test_images, image_size=cfg.synthetic.image_size)
+                      num_test_images=cfg.synthetic.num_test_images, image_size=cfg.synthetic.image_size,
+                      object_scale=cfg.synthetic.object_scale)
     image_root = cfg.image_root if storage.is_remote(cfg.image_root) else str(Path(cfg.image_root).resolve())
     records, problems = check_all(cfg, storage, image_root)
     if problems and cfg.on_error is OnError.fail:

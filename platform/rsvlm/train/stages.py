@@ -12,18 +12,21 @@ from rsvlm.config.strategy import StrategyConfig, StrategyName, Trainability
 
 def alignment_job(job: JobConfig) -> JobConfig:
     """Stage 1 of ``job``: the same model and data, the align strategy on ``align.tasks`` at ``align.lr`` with no
-    weight decay, for ``align.max_steps``; registered as ``rsvlm-<model>-align``."""
+    weight decay, for ``align.max_steps`` (of ``align.micro_batch_size`` when set); registered as
+    ``rsvlm-<model>-align``."""
     align = job.align
     auto = Trainability.frozen if job.model.pretrained else Trainability.full  # see AlignConfig
     strategy = StrategyConfig(name=StrategyName.align, vision_tower=align.vision_tower or auto,
                               projector=Trainability.full, llm=align.llm or auto)
     registered = job.tracking.registered_model
+    batch = ({"micro_batch_size": align.micro_batch_size, "global_batch_size": None} if align.micro_batch_size
+             else {})
     return replace(
         job, strategy=strategy,
         model=replace(job.model, init_from=None),
         optim=replace(job.optim, lr=align.lr, projector_lr=None, weight_decay=0.0),
         data=replace(job.data, tasks=list(align.tasks)),
-        train=replace(job.train, max_steps=align.max_steps, epochs=None,
+        train=replace(job.train, max_steps=align.max_steps, epochs=None, **batch,
                       run_name=f"{job.train.run_name}-align" if job.train.run_name else None),
         tracking=replace(job.tracking, registered_model=f"{registered}-align" if registered else None))
 

@@ -12,23 +12,25 @@ import numpy as np
 from PIL import Image
 
 from rsvlm.data.synthetic.categories import CATEGORIES
-from rsvlm.data.synthetic.layout import generate_scene
+from rsvlm.data.synthetic.layout import OBJECT_SCALE_RANGE, generate_scene
 from rsvlm.data.synthetic.questions import QUESTION_TYPES, questions_for_scene, vqa_turns
 from rsvlm.data.synthetic.render import render_scene
 
 
 def write_dataset(out_dir: str | Path, *, seed: int = 0, num_train_images: int = 400, num_test_images: int = 60,
-                  image_size: int = 128) -> dict:
+                  image_size: int = 128, object_scale: float = 1.0) -> dict:
     """Write images, LLaVA records, benchmark questions and ground truth under ``out_dir``; return a summary.
 
     Layout: ``images/{train,test}_NNNNN.png``, ``train.json`` and ``test.json`` (LLaVA conversation lists),
     ``test_questions.jsonl`` (public benchmark format), ``scenes.json`` (ground truth). Every file is written
-    to a temporary name and renamed, so a crash never leaves a half-written one.
+    to a temporary name and renamed, so a crash never leaves a half-written one. ``object_scale`` multiplies
+    every object's size (see :func:`~rsvlm.data.synthetic.layout.generate_scene`).
     """
-    if seed < 0 or num_train_images < 0 or num_test_images < 0 or image_size < 16:
-        raise ValueError(f"write_dataset: need seed >= 0, image counts >= 0 and image_size >= 16, got seed={seed}, "
-                         f"num_train_images={num_train_images}, num_test_images={num_test_images}, "
-                         f"image_size={image_size}")
+    if (seed < 0 or num_train_images < 0 or num_test_images < 0 or image_size < 16
+            or not OBJECT_SCALE_RANGE[0] <= object_scale <= OBJECT_SCALE_RANGE[1]):
+        raise ValueError(f"write_dataset: need seed >= 0, image counts >= 0, image_size >= 16 and object_scale in "
+                         f"{list(OBJECT_SCALE_RANGE)}, got seed={seed}, num_train_images={num_train_images}, "
+                         f"num_test_images={num_test_images}, image_size={image_size}, object_scale={object_scale}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     scenes: list[dict] = []
@@ -43,7 +45,7 @@ def write_dataset(out_dir: str | Path, *, seed: int = 0, num_train_images: int =
                 np.random.default_rng(s) for s in np.random.SeedSequence([seed, split_code, index]).spawn(3))
             image_id = f"{split}_{index:05d}"
             image_rel = f"images/{image_id}.png"
-            scene = generate_scene(layout_rng, image_id, image_size)
+            scene = generate_scene(layout_rng, image_id, image_size, object_scale)
             _save_png(render_scene(scene, pixel_rng), out / image_rel)
             scenes.append({"image": image_rel, "split": split, **scene.to_dict()})
 
@@ -64,7 +66,8 @@ def write_dataset(out_dir: str | Path, *, seed: int = 0, num_train_images: int =
                 train.append(_record(f"{image_id}_vqa", image_rel, vqa_turns(scene, question_rng), "vqa"))
 
     _write_text(out / "scenes.json", json.dumps(
-        {"seed": seed, "image_size": image_size, "categories": list(CATEGORIES), "images": scenes}, indent=1))
+        {"seed": seed, "image_size": image_size, "object_scale": object_scale, "categories": list(CATEGORIES),
+         "images": scenes}, indent=1))
     _write_text(out / "train.json", json.dumps(train, indent=1, ensure_ascii=False))
     _write_text(out / "test.json", json.dumps(test, indent=1, ensure_ascii=False))
     _write_text(out / "test_questions.jsonl",
@@ -72,6 +75,7 @@ def write_dataset(out_dir: str | Path, *, seed: int = 0, num_train_images: int =
     return {
         "seed": seed,
         "image_size": image_size,
+        "object_scale": object_scale,
         "images": {"train": num_train_images, "test": num_test_images},
         "records": {"train": dict(sorted(Counter(r["task"] for r in train).items())),
                     "test": dict(sorted(Counter(r["task"] for r in test).items()))},

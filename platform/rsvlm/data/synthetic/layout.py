@@ -31,6 +31,8 @@ _SIZES = MappingProxyType({
     "vehicle": ((0.09, 0.11), (0.50, 0.60)),
     "tennis court": ((0.24, 0.30), (0.48, 0.55)),
 })
+# The object_scale values that still leave room for every category in most scenes.
+OBJECT_SCALE_RANGE = (0.5, 2.0)
 # Large objects first: they need the most free room, small ones fill the gaps.
 _PLACEMENT_ORDER = ("tennis court", "airplane", "ship", "storage tank", "vehicle")
 _PLACEMENT_TRIES = 60
@@ -69,8 +71,12 @@ def _grown(box: Box, margin: float) -> Box:
     return Box(box.cx, box.cy, box.w + 2 * margin, box.h + 2 * margin, box.angle)
 
 
-def generate_scene(rng: np.random.Generator, image_id: str, size: int) -> Scene:
-    """A random scene layout: maybe a water band, 0–2 roads, and non-overlapping objects (0–4 per category)."""
+def generate_scene(rng: np.random.Generator, image_id: str, size: int, object_scale: float = 1.0) -> Scene:
+    """A random scene layout: maybe a water band, 0–2 roads, and non-overlapping objects (0–4 per category).
+
+    ``object_scale`` multiplies every object size range (1 = ``_SIZES``); larger objects crowd the scene, so
+    more of them find no room and are left out, which the ground truth records as it does any other.
+    """
     water = _water_band(rng)
     roads = _roads(rng, water)
     counts = {c: int(rng.choice(MAX_COUNT + 1, p=_SHIP_COUNT_P if c == "ship" else _COUNT_P)) for c in CATEGORIES}
@@ -83,7 +89,7 @@ def generate_scene(rng: np.random.Generator, image_id: str, size: int) -> Scene:
             # An object that finds no room after a few tries is simply left out: the ground truth is whatever
             # was placed, so counts stay exact.
             for _ in range(_PLACEMENT_TRIES):
-                box = _propose(category, rng, water, roads)
+                box = _propose(category, rng, water, roads, object_scale)
                 footprint = _footprint(box)
                 if _fits(category, box, footprint, footprints, water, roads):
                     placed.append(SceneObject(category, box))
@@ -119,9 +125,10 @@ def _roads(rng: np.random.Generator, water: Optional[Rect]) -> list[Road]:
     return roads
 
 
-def _propose(category: str, rng: np.random.Generator, water: Optional[Rect], roads: list[Road]) -> Box:
+def _propose(category: str, rng: np.random.Generator, water: Optional[Rect], roads: list[Road],
+             scale: float) -> Box:
     (lo, hi), (alo, ahi) = _SIZES[category]
-    w = rng.uniform(lo, hi)
+    w = rng.uniform(lo * scale, hi * scale)
     h = w * rng.uniform(alo, ahi)
     if category == "storage tank":
         h, angle = w, 0  # a circle: its angle means nothing
