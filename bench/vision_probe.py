@@ -9,8 +9,9 @@ Two measurements on a synthetic dataset (written under ``--workdir`` once per se
   ``--steps`` steps, then presence / count / comparison accuracy with greedy answers on the test
   questions, with the true images and with images shuffled across questions (the demo's control).
 
-``--object-scale`` multiplies every object size of the generator (a probe of a generator change; 1 = today's);
-``--categories`` keeps only the records and questions that name those categories (the toy learning test).
+``--object-scale`` is the generator's ``object_scale`` (1 = its own sizes); ``--categories`` keeps only the
+records and questions that name those categories (the toy learning test); ``--set`` passes a config override
+to the train mode's model and strategy (``--set model.tiny.text_layers=4``); ``--stage1-*`` shape stage 1.
 
     python bench/vision_probe.py --mode probe --train-images 2000
     python bench/vision_probe.py --mode train --steps 600 --tasks presence --strategy full --vision-tower full
@@ -27,12 +28,10 @@ import json
 import random
 import time
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 import torch
 
-import rsvlm.data.synthetic.layout as layout
 from rsvlm.config import compose
 from rsvlm.config.model import ImageAspect
 from rsvlm.config.strategy import StrategyConfig, StrategyName, Trainability
@@ -51,14 +50,8 @@ from rsvlm.train.step import train_step
 def dataset(args) -> Path:
     root = Path(args.workdir) / f"data_s{args.seed}_n{args.train_images}_x{args.object_scale:g}"
     if not (root / "train.json").exists():
-        sizes = layout._SIZES
-        layout._SIZES = MappingProxyType({k: ((lo * args.object_scale, hi * args.object_scale), aspect)
-                                          for k, ((lo, hi), aspect) in sizes.items()})
-        try:
-            write_dataset(root, seed=args.seed, num_train_images=args.train_images,
-                          num_test_images=args.test_images, image_size=128)
-        finally:
-            layout._SIZES = sizes
+        write_dataset(root, seed=args.seed, num_train_images=args.train_images, num_test_images=args.test_images,
+                      image_size=128, object_scale=args.object_scale)
     return root
 
 
@@ -98,7 +91,8 @@ def probe(args, root: Path) -> dict:
 
 def train(args, root: Path) -> dict:
     job = compose([f"workdir={args.workdir}", f"strategy={args.strategy}", "strategy.rank=32", "strategy.alpha=64",
-                   f"strategy.vision_tower={args.vision_tower}", f"model.tiny.patch_size={args.patch_size}"])
+                   f"strategy.vision_tower={args.vision_tower}", f"model.tiny.patch_size={args.patch_size}",
+                   *args.set])
     loaded = load_model(job.model)
     builder = SampleBuilder(loaded.processor, chat_template(job.model.chat_template), loaded.image_token_count,
                             192, str(root))
@@ -106,14 +100,14 @@ def train(args, root: Path) -> dict:
     records = [r for r in json.loads((root / "train.json").read_text()) if _mentions(json.dumps(r), categories)]
     random.seed(0)
 
-    def fit(model, chosen: list[dict], steps: int, lr: float) -> float:
+    def fit(model, chosen: list[dict], steps: int, lr: float, batch: int) -> float:
         optimizer = build_optimizer(model, dataclasses.replace(job.optim, lr=lr, weight_decay=0.0))
         schedule = warmup_cosine(optimizer, int(0.05 * steps), steps)
         loss, step = float("nan"), 0
         while step < steps:
             random.shuffle(chosen)
-            for start in range(0, len(chosen) - args.batch + 1, args.batch):
-                lines = np.array([json.dumps(r) for r in chosen[start:start + args.batch]], dtype=object)
+            for start in range(0, len(chosen) - batch + 1, batch):
+                lines = np.array([json.dumps(r) for r in chosen[start:start + batch]], dtype=object)
                 inputs, _ = collate(builder({"text": lines}), loaded.processor.image_processor)
                 if inputs is not None:
                     loss = train_step(model, [(inputs, [])], optimizer, schedule, 1.0)["loss"]
@@ -127,11 +121,13 @@ def train(args, root: Path) -> dict:
         every_part = StrategyConfig(name=StrategyName.align, vision_tower=Trainability.full,
                                     projector=Trainability.full, llm=Trainability.full)
         model = build_strategy(every_part).apply(model)
-        figures["caption_loss"] = fit(model, [r for r in records if r["task"] == "caption"], args.caption_steps,
-                                      1e-3)
+        stage1_tasks = args.stage1_tasks.split(",")
+        figures["caption_loss"] = fit(model, [r for r in records if r["task"] in stage1_tasks], args.caption_steps,
+                                      args.stage1_lr, args.stage1_batch or args.batch)
+        figures["stage1_s"] = round(time.perf_counter() - started, 1)
     model = build_strategy(job.strategy).apply(model)
     tasks = args.tasks.split(",")
-    figures["train_loss"] = fit(model, [r for r in records if r["task"] in tasks], args.steps, args.lr)
+    figures["train_loss"] = fit(model, [r for r in records if r["task"] in tasks], args.steps, args.lr, args.batch)
     figures["train_s"] = round(time.perf_counter() - started, 1)
     loaded.model = model
     questions = [json.loads(line) for line in (root / "test_questions.jsonl").read_text().splitlines()]
@@ -166,6 +162,11 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=60)
     parser.add_argument("--object-scale", type=float, default=1.0)
     parser.add_argument("--caption-steps", type=int, default=0, help="stage 1 (every part, captions) first")
+    parser.add_argument("--stage1-tasks", default="caption", help="the records stage 1 trains on")
+    parser.add_argument("--stage1-lr", type=float, default=1e-3)
+    parser.add_argument("--stage1-batch", type=int, default=0, help="0: --batch")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.tiny.text_layers=4")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--categories", default="", help="only records naming these, e.g. 'ship,tennis court'")
     parser.add_argument("--tasks", default="presence")
@@ -176,6 +177,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = dataset(args)
     figures = probe(args, root) if args.mode == "probe" else train(args, root)
     print(json.dumps({"mode": args.mode, **{k: v for k, v in vars(args).items() if k != "workdir"}, **figures}))
