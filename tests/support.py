@@ -6,6 +6,10 @@ from pathlib import Path
 
 # The bucket the S3 server of the integration tests starts with.
 TEST_BUCKET = "rsvlm-test"
+# The secrets the session's pipeline run is given (tests/integration/conftest.py) and test_secrets.py looks
+# for in everything it wrote: a password in the tracking URI, a judge key in the environment.
+TRACKING_PASSWORD = "Pa55-w0rd-in-the-uri"
+JUDGE_KEY = "judge-key-from-the-environment"
 
 
 def checkpoint_folder(root: Path, size: int = 64) -> Path:

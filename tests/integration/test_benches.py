@@ -87,16 +87,14 @@ def test_generation_bench_prints_identical_answers_and_its_ratio():
     assert figures["batched_over_sequential"] == pytest.approx(ratio, rel=0.02)
 
 
-def test_sweep_bench_prints_its_speedup():
-    result = subprocess.run([sys.executable, "bench/sweep.py", "--steps", "4", "--trials", "2"],
-                            capture_output=True, text=True, timeout=900)
+def test_sweep_bench_measures_a_variant():
+    # One variant: each runs a whole sweep with a Ray of its own (minutes on 2 cores). Running every variant
+    # and their ratio is bench/_common.variants_or_one, which the strategies bench's test covers.
+    result = subprocess.run([sys.executable, "bench/sweep.py", "--steps", "2", "--trials", "2",
+                             "--variant", "parallel"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    figures = json.loads(lines[-1])
-    assert figures["trials"] == 2 and figures["steps_per_trial"] == 4
-    assert figures["concurrent"]["serial"] == 1 and figures["concurrent"]["parallel"] >= 1
-    ratio = figures["serial_wall_s"] / figures["parallel_wall_s"]
-    assert figures["parallel_speedup"] == pytest.approx(ratio, rel=0.05)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["concurrent"] >= 1 and figures["wall_s"] > 0 and figures["ray_init_s"] > 0
 
 
 def test_vision_probe_bench_prints_true_and_shuffled_accuracies(tmp_path):

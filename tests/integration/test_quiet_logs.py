@@ -1,39 +1,20 @@
 """What a user reads of a successful run (`make demo`, `ray job logs`): rsvlm's progress and results, without
 deprecation warnings, Ray Train's per-report metrics dump or error-level lines.
 
-The pipeline job (what `make demo` runs: prepare, finetune on a Ray Train worker, evaluate on a Ray Data
-actor, register) runs tiny in a process of its own with a Ray of its own. Python shows a DeprecationWarning
-only where ``__main__`` issues it; a ``sitecustomize`` put on that process's ``PYTHONPATH`` (its Ray workers
-inherit it) also shows those issued from rsvlm's modules and the job scripts, i.e. rsvlm's own calls of a
-deprecated API. Ray shows its RayDeprecationWarnings, and transformers its FutureWarnings, by default.
+The pipeline job (what `make demo` runs: prepare, align and finetune on a Ray Train worker, evaluate on a Ray
+Data actor, register) runs tiny in a process of its own with a Ray of its own (the session's ``pipeline_run``,
+tests/integration/conftest.py). It also shows the DeprecationWarnings rsvlm's own modules and job scripts
+issue, i.e. rsvlm's calls of a deprecated API. Ray shows its RayDeprecationWarnings, and transformers its
+FutureWarnings, by default.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-TINY = ["data.synthetic.num_train_images=40", "data.synthetic.num_test_images=2", "scaling=cpu1",
-        "scaling.cpus_per_worker=0.5", "train.max_steps=20", "align.max_steps=4", "train.log_every=10",
-        "train.checkpoint_every=10", "train.val_batches=1", "benchmark.limit=8", "benchmark.workers=1",
-        "tracking.system_metrics_interval_s=0"]
-
-# Modules whose DeprecationWarnings are rsvlm's own calls: the package and the job scripts (imported by name).
-_OWN_MODULES = r"(rsvlm(\..*)?|pipeline|finetune|evaluate|prepare_data|register|export|sweep|__main__)$"
-SITECUSTOMIZE = f"""
-import warnings
-for _category in (DeprecationWarning, PendingDeprecationWarning):
-    warnings.filterwarnings("default", category=_category, module={_OWN_MODULES!r})
-"""
 
 DEPRECATED = re.compile(r"deprecat|FutureWarning", re.IGNORECASE)
 # Python's logging (Ray's, MLflow's: `ERROR`, `CRITICAL`), Ray Core's C++ log (`[2026-01-01 10:00:00,000 E 12 34]
@@ -49,26 +30,9 @@ RAY_DATA_ACTOR_ALARM = re.compile(r"core_worker\.cc:\d+: Actor with class name: 
                                   r"in the object store and max_restarts > 0")
 
 
-def _env(site: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           # The job starts its own Ray, and decides itself what it switches off in it (a Ray that this test
-           # session started set some of that in this process's environment).
-           if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RSVLM_DEBUG", "PYTHONWARNINGS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
 @pytest.fixture(scope="module")
-def pipeline_log(tmp_path_factory) -> str:
-    site = tmp_path_factory.mktemp("site")
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    workdir = tmp_path_factory.mktemp("quiet")
-    done = subprocess.run([sys.executable, "jobs/pipeline.py", f"workdir={workdir}", *TINY], cwd=ROOT,
-                          env=_env(site), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    (workdir / "pipeline.log").write_text(done.stdout)  # to read whole when a test fails
-    assert done.returncode == 0, done.stdout[-6000:]
-    assert (workdir / "demo_summary.json").exists()
-    return done.stdout
+def pipeline_log(pipeline_run) -> str:
+    return pipeline_run.output
 
 
 def _lines(log: str, pattern: re.Pattern) -> list[str]:

@@ -12,16 +12,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from support import JUDGE_KEY, TRACKING_PASSWORD as PASSWORD
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-PASSWORD = "Pa55-w0rd-in-the-uri"
-JUDGE_KEY = "judge-key-from-the-environment"
-SMALL = ["data.synthetic.num_train_images=24", "data.synthetic.num_test_images=2", "scaling=local",
-         "strategy.rank=8", "strategy.alpha=16", "train.max_steps=4", "align.max_steps=2", "train.log_every=2",
-         "benchmark.limit=6",
-         "benchmark.workers=0", "tracking.system_metrics_interval_s=0"]
 
 
 def files_holding(root: Path, secrets: list[str]) -> list[str]:
@@ -31,40 +26,33 @@ def files_holding(root: Path, secrets: list[str]) -> list[str]:
             and any(needle in path.read_bytes() for needle in needles)]
 
 
-def test_a_password_in_the_tracking_uri_reaches_no_output_log_or_model(tmp_path, mlflow_server):
-    # The fixture's folder: the server's sqlite database and its default artifact root.
-    default_artifacts = MlflowClient(mlflow_server).get_experiment("0").artifact_location
-    server_root = Path(default_artifacts.removeprefix("file://")).parent.parent
-    assert (server_root / "mlflow.db").is_file()
-    host = mlflow_server.removeprefix("http://")
-    workdir = tmp_path / "work"
-    env = {**os.environ, "RSVLM_JUDGE_API_KEY": JUDGE_KEY}
-    done = subprocess.run([sys.executable, "jobs/pipeline.py", f"workdir={workdir}",
-                           f"tracking.uri=http://rsvlm:{PASSWORD}@{host}", *SMALL],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "credentials in the URI were moved to MLFLOW_TRACKING_USERNAME" in done.stderr
+def test_a_password_in_the_tracking_uri_reaches_no_output_log_or_model(pipeline_run):
+    # The session's whole pipeline run (tests/integration/conftest.py): tracking.uri holds a password, the
+    # judge key is in its environment.
+    workdir, output = pipeline_run.workdir, pipeline_run.output
+    assert "credentials in the URI were moved to MLFLOW_TRACKING_USERNAME" in output
 
     secrets = [PASSWORD, JUDGE_KEY, os.environ["AWS_SECRET_ACCESS_KEY"]]
     for secret in secrets:
-        assert secret not in done.stdout and secret not in done.stderr
+        assert secret not in output
     assert (workdir / "hydra").is_dir() and any((workdir / "ray_results").rglob("job_config.yaml"))
     assert files_holding(workdir, secrets) == []
     # The server's database (params, tags, registry) and artifact store (checkpoint, evaluation files).
-    assert files_holding(server_root, secrets) == []
+    assert (pipeline_run.server_root / "mlflow.db").is_file()
+    assert files_holding(pipeline_run.server_root, secrets) == []
 
     # The pipeline ran both stages and its summary has the four columns, keyed alike.
     summary = json.loads((workdir / "demo_summary.json").read_text())
     assert summary["shuffled_image_metrics"].keys() == summary["metrics"].keys() == summary["baseline_metrics"].keys()
     assert "vqa_accuracy" in summary["blind_baseline_metrics"]
-    assert "vqa_accuracy" in summary["metrics"] and summary["align"]["step"] == 2
+    assert "vqa_accuracy" in summary["metrics"] and summary["align"]["step"] == 4
     assert (Path(summary["align_checkpoint"]) / "aligned_parts.safetensors").is_file()
 
     # Tracking still worked, with the host kept in what was recorded.
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(pipeline_run.server_uri)
     version = client.get_model_version_by_alias("rsvlm-tiny-lora", "candidate")
     run = client.get_run(version.run_id)
-    assert run.data.params["tracking.uri"] == f"http://{host}"
+    assert run.data.params["tracking.uri"] == pipeline_run.server_uri
 
 
 def test_credentials_in_an_environment_tracking_uri_are_moved_out_of_the_config(monkeypatch, tmp_path):
