@@ -135,7 +135,7 @@ def test_an_interrupted_sweep_resumes_under_the_same_name(tmp_path, prepared, lo
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["sweep=smoke", f"workdir={tmp_path}", f"data.uri={prepared}", f"tracking.uri={tracking_uri}",
             "sweep.name=resumable", "sweep.scheduler=fifo", "~sweep.space.strategy.num_experts",
-            "sweep.space.strategy.rank={grid:[8]}", "train.max_steps=40", "tracking.system_metrics_interval_s=0"]
+            "sweep.space.strategy.rank={grid:[8]}", "train.max_steps=60", "tracking.system_metrics_interval_s=0"]
     process = subprocess.Popen(SWEEP_JOB + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -166,7 +166,7 @@ def test_an_interrupted_sweep_resumes_under_the_same_name(tmp_path, prepared, lo
     for folder in (tmp_path / "ray_results").glob("resumable-*"):
         record = json.loads((folder / "rsvlm_run.json").read_text())
         assert record["finished"]
-        state = json.loads((folder / "checkpoint_step0000040" / "trainer_state.json").read_text())
+        state = json.loads((folder / "checkpoint_step0000060" / "trainer_state.json").read_text())
         if record["starts"] == 2:
             resumed.append(state["resumed_from_step"])
     # The interrupted trial went on from its checkpoint, not from step 0.
