@@ -11,7 +11,8 @@ Two measurements on a synthetic dataset (written under ``--workdir`` once per se
 
 ``--object-scale`` is the generator's ``object_scale`` (1 = its own sizes); ``--categories`` keeps only the
 records and questions that name those categories (the toy learning test); ``--set`` passes a config override
-to the train mode's model and strategy (``--set model.tiny.text_layers=4``); ``--stage1-*`` shape stage 1.
+to the train mode's model and strategy (``--set model.tiny.text_layers=4``); ``--stage1-*`` shape stage 1;
+``--init-from`` starts from a checkpoint folder (``--steps 0``: evaluate it as it is).
 
     python bench/vision_probe.py --mode probe --train-images 2000
     python bench/vision_probe.py --mode train --steps 600 --tasks presence --strategy full --vision-tower full
@@ -43,6 +44,7 @@ from rsvlm.eval.evaluate import shuffled_images
 from rsvlm.eval.generate import Prompt, generate_answers
 from rsvlm.model.build import load_model
 from rsvlm.strategies import build_strategy
+from rsvlm.strategies.checkpoint import load_checkpoint
 from rsvlm.train.optim import build_optimizer, warmup_cosine
 from rsvlm.train.step import train_step
 
@@ -93,7 +95,8 @@ def train(args, root: Path) -> dict:
     job = compose([f"workdir={args.workdir}", f"strategy={args.strategy}", "strategy.rank=32", "strategy.alpha=64",
                    f"strategy.vision_tower={args.vision_tower}", f"model.tiny.patch_size={args.patch_size}",
                    *args.set])
-    loaded = load_model(job.model)
+    # A checkpoint (a stage-1 one, say) starts from its weights; --steps 0 then only answers with them.
+    loaded = load_checkpoint(Path(args.init_from)) if args.init_from else load_model(job.model)
     builder = SampleBuilder(loaded.processor, chat_template(job.model.chat_template), loaded.image_token_count,
                             192, str(root))
     categories = args.categories.split(",") if args.categories else CATEGORIES
@@ -125,9 +128,11 @@ def train(args, root: Path) -> dict:
         figures["caption_loss"] = fit(model, [r for r in records if r["task"] in stage1_tasks], args.caption_steps,
                                       args.stage1_lr, args.stage1_batch or args.batch)
         figures["stage1_s"] = round(time.perf_counter() - started, 1)
-    model = build_strategy(job.strategy).apply(model)
-    tasks = args.tasks.split(",")
-    figures["train_loss"] = fit(model, [r for r in records if r["task"] in tasks], args.steps, args.lr, args.batch)
+    if args.steps:
+        model = build_strategy(job.strategy).apply(model)
+        tasks = args.tasks.split(",")
+        figures["train_loss"] = fit(model, [r for r in records if r["task"] in tasks], args.steps, args.lr,
+                                    args.batch)
     figures["train_s"] = round(time.perf_counter() - started, 1)
     loaded.model = model
     questions = [json.loads(line) for line in (root / "test_questions.jsonl").read_text().splitlines()]
@@ -161,13 +166,14 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=400)
     parser.add_argument("--test-images", type=int, default=60)
     parser.add_argument("--object-scale", type=float, default=1.0)
-    parser.add_argument("--caption-steps", type=int, default=0, help="stage 1 (every part, captions) first")
+    parser.add_argument("--caption-steps", type=int, default=0, help="stage 1 (every part, on --stage1-tasks) first")
     parser.add_argument("--stage1-tasks", default="caption", help="the records stage 1 trains on")
     parser.add_argument("--stage1-lr", type=float, default=1e-3)
     parser.add_argument("--stage1-batch", type=int, default=0, help="0: --batch")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="a config override, e.g. model.tiny.text_layers=4")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=600, help="0: no training, answer with the model as loaded")
+    parser.add_argument("--init-from", default="", help="a checkpoint folder to start from instead of the base")
     parser.add_argument("--categories", default="", help="only records naming these, e.g. 'ship,tennis court'")
     parser.add_argument("--tasks", default="presence")
     parser.add_argument("--strategy", default="lora", choices=("lora", "full", "moe_lora"))

@@ -41,6 +41,11 @@ class DataVerify(Enum):
     full = "full"
 
 
+# data.synthetic.object_scale values that still leave room for every category in most scenes (the generator,
+# rsvlm.data.synthetic.write_dataset, refuses others too).
+OBJECT_SCALE_RANGE = (0.5, 2.0)
+
+
 @dataclass
 class SyntheticDataConfig:
     """Settings of the built-in synthetic remote-sensing generator (``rsvlm.data.synthetic``)."""
@@ -56,7 +61,8 @@ class SyntheticDataConfig:
         require(self.num_train_images > 0, "data.synthetic.num_train_images", "must be > 0")
         require(self.num_test_images > 0, "data.synthetic.num_test_images", "must be > 0")
         require(self.image_size >= 32, "data.synthetic.image_size", "must be >= 32 pixels")
-        require(0.5 <= self.object_scale <= 2.0, "data.synthetic.object_scale", "must be in [0.5, 2.0]")
+        low, high = OBJECT_SCALE_RANGE
+        require(low <= self.object_scale <= high, "data.synthetic.object_scale", f"must be in [{low}, {high}]")
 
 
 @dataclass

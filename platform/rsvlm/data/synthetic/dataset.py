@@ -11,8 +11,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from rsvlm.config.data import OBJECT_SCALE_RANGE
 from rsvlm.data.synthetic.categories import CATEGORIES
-from rsvlm.data.synthetic.layout import OBJECT_SCALE_RANGE, generate_scene
+from rsvlm.data.synthetic.layout import generate_scene
 from rsvlm.data.synthetic.questions import QUESTION_TYPES, questions_for_scene, vqa_turns
 from rsvlm.data.synthetic.render import render_scene
 

@@ -31,8 +31,6 @@ _SIZES = MappingProxyType({
     "vehicle": ((0.09, 0.11), (0.50, 0.60)),
     "tennis court": ((0.24, 0.30), (0.48, 0.55)),
 })
-# The object_scale values that still leave room for every category in most scenes.
-OBJECT_SCALE_RANGE = (0.5, 2.0)
 # Large objects first: they need the most free room, small ones fill the gaps.
 _PLACEMENT_ORDER = ("tennis court", "airplane", "ship", "storage tank", "vehicle")
 _PLACEMENT_TRIES = 60
