@@ -101,7 +101,7 @@ def train(args, root: Path) -> dict:
                             192, str(root))
     categories = args.categories.split(",") if args.categories else CATEGORIES
     records = [r for r in json.loads((root / "train.json").read_text()) if _mentions(json.dumps(r), categories)]
-    random.seed(0)
+    random.seed(args.order_seed)  # the order records are drawn in: plateau escapes depend on it
 
     def fit(model, chosen: list[dict], steps: int, lr: float, batch: int) -> float:
         optimizer = build_optimizer(model, dataclasses.replace(job.optim, lr=lr, weight_decay=0.0))
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("probe", "train"), default="train")
     parser.add_argument("--workdir", default="/tmp/rsvlm-vision-probe")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--order-seed", type=int, default=0, help="seed of the order records are drawn in")
     parser.add_argument("--train-images", type=int, default=400)
     parser.add_argument("--test-images", type=int, default=60)
     parser.add_argument("--object-scale", type=float, default=1.0)

@@ -108,7 +108,20 @@ def test_stage_one_takes_its_own_micro_batch(tmp_path):
     # A random tiny model learns to read the image far sooner in large batches (docs/PERFORMANCE.md); stage 2
     # keeps its own batch settings.
     common = [f"workdir={tmp_path}", "train.micro_batch_size=4", "train.global_batch_size=8"]
-    stage1 = alignment_job(compose([*common, "align.micro_batch_size=32"]))
-    assert (stage1.train.micro_batch_size, stage1.train.global_batch_size, stage1.global_batch_size) == (32, None, 32)
-    default = alignment_job(compose(common))
-    assert (default.train.micro_batch_size, default.train.global_batch_size) == (4, 8)
+    stage1 = alignment_job(compose([*common, "align.micro_batch_size=16"]))
+    assert (stage1.train.micro_batch_size, stage1.train.global_batch_size, stage1.global_batch_size) == (16, None, 16)
+    unset = alignment_job(compose([*common, "align.micro_batch_size=null"]))
+    assert (unset.train.micro_batch_size, unset.train.global_batch_size) == (4, 8)
+
+
+def test_stage_one_recipes_compose():
+    # align=tiny (the default) is the demo's stage 1; align=llava is LLaVA-1.5's, which experiment=rsgpt4v picks.
+    tiny = alignment_job(compose(["workdir=unused"]))
+    assert (tiny.data.tasks, tiny.optim.lr, tiny.train.max_steps, tiny.train.micro_batch_size) == (
+        ["presence", "caption"], 2e-3, 400, 32)
+    assert (tiny.strategy.vision_tower.value, tiny.strategy.llm.value) == ("full", "full")  # a random model
+    llava = alignment_job(compose(["workdir=unused", "experiment=rsgpt4v"]))
+    assert (llava.data.tasks, llava.optim.lr, llava.optim.weight_decay) == (["caption"], 1e-3, 0.0)
+    assert (llava.strategy.vision_tower.value, llava.strategy.projector.value, llava.strategy.llm.value) == (
+        "frozen", "full", "frozen")
+    assert (llava.train.micro_batch_size, llava.train.global_batch_size) == (4, 64)

@@ -23,7 +23,7 @@ from support import llava_batch as batch
 
 # The tiny model's defaults (TinyModelConfig), float32: 4 bytes per element.
 S, B = 64, 2  # sequence, micro-batch
-H, A, L, VOCAB = 96, 4, 2, 1024  # LLM hidden, heads, layers, vocabulary
+H, A, L, VOCAB = 96, 4, 4, 1024  # LLM hidden, heads, layers, vocabulary
 # 34·s·b·h + 5·a·s²·b = 417,792 + 163,840 = 581,632 16-bit bytes; float32 doubles it.
 LLM_LAYER = 2 * (34 * S * B * H + 5 * A * S * S * B)
 assert LLM_LAYER == 1_163_264
@@ -54,7 +54,7 @@ def test_full_fine_tuning_by_hand():
     assert estimate.optimizer == 8 * sum(p.numel() for p in trainable)  # two float32 moments
     # The vision tower is frozen: it keeps nothing for the backward pass.
     assert estimate.activation_parts == {"llm": L * LLM_LAYER, "vision_tower": 0, "logits": LOGITS}
-    assert estimate.activations == 2 * 1_163_264 + 524_288
+    assert estimate.activations == 4 * 1_163_264 + 524_288
     assert estimate.total == estimate.weights + estimate.gradients + estimate.optimizer + estimate.activations
 
 
@@ -62,7 +62,7 @@ def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer():
     _, _, model = _applied("strategy=full")
     plain, checkpointed = _estimate(model), _estimate(model, checkpointing=True)
     # Each layer keeps its input, 2·s·b·h 16-bit bytes (doubled for float32), and one layer is recomputed.
-    assert checkpointed.activation_parts["llm"] == L * S * B * H * 4 + LLM_LAYER == 98_304 + 1_163_264
+    assert checkpointed.activation_parts["llm"] == L * S * B * H * 4 + LLM_LAYER == 196_608 + 1_163_264
     assert checkpointed.activations < plain.activations
     assert (checkpointed.weights, checkpointed.gradients, checkpointed.optimizer) == (
         plain.weights, plain.gradients, plain.optimizer)

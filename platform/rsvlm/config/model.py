@@ -49,7 +49,8 @@ class TinyModelConfig:
     vision_layers: int = 2
     vision_heads: int = 4
     text_hidden_size: int = 96
-    text_layers: int = 2
+    # Four layers, not two: with two the LLM did not learn to read the image tokens within the demo's budget.
+    text_layers: int = 4
     text_heads: int = 4
     text_intermediate_size: int = 192
     vocab_size: int = 1024
