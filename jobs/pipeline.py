@@ -27,6 +27,7 @@ import register
 
 from rsvlm.config import JobConfig, hydra_main
 from rsvlm.eval.evaluate import BASE_MODEL, evaluate_blind_baseline, evaluate_model
+from rsvlm.tracking.runs import experiment_ui_url
 from rsvlm.train.stages import alignment_job, instruction_job
 
 
@@ -35,7 +36,11 @@ def run(job: JobConfig) -> dict:
     started = time.perf_counter()
     prepare_data.run(job)
     aligned = finetune.run(alignment_job(job)) if job.align.enabled else None
-    stage2 = instruction_job(job, aligned.checkpoint_uri) if aligned else job
+    # Stage 2 names its stage-1 model by its registered version when there is one (its logged model's params
+    # then say which model it grew from); else by the checkpoint folder.
+    stage1 = (f"models:/{aligned.registered_model}/{aligned.version}" if aligned and aligned.version
+              else aligned.checkpoint_uri if aligned else None)
+    stage2 = instruction_job(job, stage1) if stage1 else job
     trained = finetune.run(stage2)
     baseline = evaluate_model(job, BASE_MODEL, label="untrained-baseline")
     blind = evaluate_blind_baseline(job)
@@ -78,7 +83,7 @@ def _print_summary(job: JobConfig, summary: dict, path: Path) -> None:
     print(f"wall time {summary['wall_s']} s; summary written to {path}")
     if job.tracking.uri.startswith("sqlite:///"):
         print(f"open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {job.tracking.uri}  "
-              "→ http://127.0.0.1:5000")
+              f"→ {experiment_ui_url(job.tracking, 'http://127.0.0.1:5000', 'models')}")
 
 
 main = hydra_main(run)

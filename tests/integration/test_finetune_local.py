@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 from rsvlm.data.prepare import prepare_dataset
 from rsvlm.errors import as_job_error
 from rsvlm.eval.evaluate import evaluate_model
+from rsvlm.tracking import resolve_model_uri
+from rsvlm.tracking.registry import model_id_of
 from rsvlm.train.finetune import run_finetune
 
 SMALL_DATA = ["data.synthetic.num_train_images=40", "data.synthetic.num_test_images=4", "scaling=local",
@@ -49,14 +51,18 @@ def test_mlflow_run_has_config_params_and_metrics(trained):
     assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s"} <= set(run.data.metrics)
 
 
-def test_model_is_registered_with_candidate_alias(trained):
+def test_model_is_registered_with_candidate_alias(trained, tmp_path):
     job, result = trained
     client = MlflowClient(tracking_uri=job.tracking.uri)
     version = client.get_model_version_by_alias("rsvlm-tiny-lora", "candidate")
     assert str(version.version) == result.version == "1"
     assert version.run_id == result.run_id
-    artifacts = {a.path for a in client.list_artifacts(result.run_id, "checkpoint")}
-    assert {"checkpoint/strategy.json", "checkpoint/adapter_model.safetensors", "checkpoint/processor"} <= artifacts
+    # The version is the run's logged model: a pyfunc model whose checkpoint artifact is the checkpoint folder.
+    model = client.get_logged_model(model_id_of(version))
+    assert model.source_run_id == result.run_id and model.params["rank"] == "16"
+    assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} >= {"MLmodel", "artifacts"}
+    resolved = resolve_model_uri("models:/rsvlm-tiny-lora@candidate", job.tracking.uri, tmp_path)
+    assert {"strategy.json", "adapter_model.safetensors", "processor"} <= {p.name for p in resolved.local_path.iterdir()}
 
 
 def test_registered_model_evaluates_and_scores_land_on_the_version(trained):

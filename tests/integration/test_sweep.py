@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from rsvlm.tracking.registry import model_id_of
 from rsvlm.tune.results import COMPLETED, FAILED, STOPPED_EARLY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,8 @@ def test_smoke_sweep_makes_parent_and_child_runs_and_registers_the_best(tmp_path
     assert parent.data.metrics["best/val/loss"] == pytest.approx(best["val/loss"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert artifacts == {"sweep/sweep_results.csv", "sweep/sweep_results.json", "sweep/sweep_plot.png"}
-    assert [a.path for a in client.list_artifacts(best["mlflow_run_id"])] == ["checkpoint"]
+    # The winner's model is a logged model of its own trial's run (the version is made from it).
+    assert client.get_logged_model(model_id_of(version)).source_run_id == best["mlflow_run_id"]
     assert "best trial" in done.stdout and "registered: rsvlm-tiny-moe_lora version 1" in done.stdout
 
     # A finished sweep is not run again (that would only register the same winner twice).

@@ -83,7 +83,7 @@ class ModelConfig:
     # Recorded in every checkpoint with the rest of this config, so evaluation prompts as training did.
     chat_template: ChatTemplateName = ChatTemplateName.vicuna_v1
     # Stage-1 weights to start from (LLaVA's pretrain_mm_mlp_adapter): an align run's checkpoint, as a folder,
-    # runs:/<id>/checkpoint or models:/<name>@<alias>. They are loaded before the strategy is applied and
+    # models:/<name>@<alias>, models:/<name>/<version> or models:/<model_id>. They are loaded before the strategy is applied and
     # saved inside every checkpoint of this run, so the stage-2 model is whole without them.
     init_from: Optional[str] = None
     # Seed of the tiny model's initial weights; the same seed gives the same untrained model.

@@ -69,6 +69,21 @@ def run_mlflow_server(backend_db: Path, artifact_root: str | Path, port: int | N
         yield uri
 
 
+@contextlib.contextmanager
+def run_model_server(model_uri: str, tracking_uri: str, log_dir: Path, port: int | None = None) -> Iterator[str]:
+    """Serve ``model_uri`` (e.g. ``models:/rsvlm-tiny-lora@champion``) with ``mlflow models serve`` from this
+    environment (``--env-manager local``) until the block exits; yield its URL (``POST <url>/invocations``)."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "--host", "127.0.0.1", "--port", str(port)]
+    # MLflow starts the scoring server as a bare `uvicorn` command: it must find this environment's on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri, "PATH": path}
+    with _service("model-server", cmd, Path(log_dir), port, lambda: answers(f"{url}/ping"), env):
+        yield url
+
+
 # The server's job runner (MLflow 3) would start extra worker processes nobody here uses.
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 

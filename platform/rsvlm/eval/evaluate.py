@@ -27,8 +27,11 @@ from rsvlm.eval.report import write_report
 from rsvlm.eval.benchmark import (join_answers, majority_answers, prediction_rows, read_answers, read_questions,
                                   score_predictions, write_jsonl)
 from rsvlm.errors import JobError
-from rsvlm.tracking import pin_model_uri
+from rsvlm.config import to_dict
+from rsvlm.tracking import PinnedModel, flatten_config, pin_model_uri
 from rsvlm.tracking.lifecycle import tracked_run
+from rsvlm.tracking.logged_models import (benchmark_dataset, log_evaluation_inputs, log_model_metrics,
+                                          untrained_model_id)
 from rsvlm.tracking.promotion import (EVAL_SOURCE_TAG, SOURCE_ANSWER_FILE, SOURCE_MODEL, SOURCE_MODEL_VERSION,
                                       metric_key, set_model_version_tags)
 
@@ -36,6 +39,8 @@ __all__ = ["BASE_MODEL", "Evaluation", "evaluate_blind_baseline", "evaluate_mode
 
 _log = logging.getLogger(__name__)
 
+# On an evaluation run: the training run of the model it scored.
+TRAINING_RUN_TAG = "rsvlm.training_run_id"
 # Where benchmark files are looked for (conf/benchmark/*.yaml): $RSVLM_BENCHMARKS, else <workdir>/benchmarks.
 BENCHMARKS_ENV = "RSVLM_BENCHMARKS"
 
@@ -49,6 +54,7 @@ class Evaluation:
     run_id: Optional[str] = None
     model_name: Optional[str] = None
     model_version: Optional[str] = None
+    model_id: Optional[str] = None  # the MLflow logged model the scores are logged on
 
 
 def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None, *,
@@ -62,9 +68,8 @@ def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None, 
     question's image (a seeded permutation) and scored against its own ground truth. A model that reads the
     image falls to about the blind baseline there. The control never writes on a model version.
     """
-    name = version = None
-    if model_uri.startswith("models:/"):
-        model_uri, name, version = pin_model_uri(model_uri, job.tracking.uri)
+    pinned = pin_model_uri(model_uri, job.tracking.uri) if model_uri.startswith("models:/") else PinnedModel(model_uri)
+    model_uri, name, version = pinned.uri, pinned.name, pinned.version
     questions = _benchmark_questions(job, Storage(job.storage))
     asked = questions if shuffle_images_seed is None else shuffled_images(questions, shuffle_images_seed)
     answers = answer_questions(job, model_uri, asked)
@@ -73,7 +78,7 @@ def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None, 
     if shuffle_images_seed is None:  # the control is not an evaluation of the version
         evaluation.model_name, evaluation.model_version = name, version
     if job.tracking.enabled:
-        evaluation.run_id = _log_evaluation(job, evaluation, model_uri,
+        evaluation.run_id = _log_evaluation(job, evaluation, pinned,
                                             control="shuffled_images" if shuffle_images_seed is not None else None)
     return evaluation
 
@@ -119,7 +124,7 @@ def evaluate_predictions(job: JobConfig, label: Optional[str] = None) -> Evaluat
                   joined.beyond_limit, bench.limit)
     evaluation = _record(job, label or Path(path).stem, joined.rows, {"missing_answers": float(joined.missing)})
     if job.tracking.enabled:
-        evaluation.run_id = _log_evaluation(job, evaluation, path, answer_file=True)
+        evaluation.run_id = _log_evaluation(job, evaluation, PinnedModel(path), answer_file=True)
     return evaluation
 
 
@@ -186,20 +191,32 @@ def _record(job: JobConfig, label: str, rows: list[dict[str, Any]],
     return Evaluation(label, metrics, predictions, metrics_path)
 
 
-def _log_evaluation(job: JobConfig, evaluation: Evaluation, model_uri: str, answer_file: bool = False,
+def _log_evaluation(job: JobConfig, evaluation: Evaluation, model: PinnedModel, answer_file: bool = False,
                     control: Optional[str] = None) -> str:
     # What was scored: a registered model version (the only source promotion accepts), another model (a
     # folder, a run's checkpoint, the base model, or a control run of any model) or an answer file.
     source = SOURCE_ANSWER_FILE if answer_file else SOURCE_MODEL_VERSION if evaluation.model_name else SOURCE_MODEL
-    tags = {"rsvlm.job": "evaluate", "rsvlm.benchmark": job.benchmark.name, "rsvlm.model_uri": model_uri,
+    bench = job.benchmark
+    tags = {"rsvlm.job": "evaluate", "rsvlm.benchmark": bench.name, "rsvlm.model_uri": model.uri,
             EVAL_SOURCE_TAG: source, **({"rsvlm.eval.control": control} if control else {})}
     if evaluation.model_name:
         tags.update({"rsvlm.model_name": evaluation.model_name, "rsvlm.model_version": evaluation.model_version})
-    prefix = f"eval/{job.benchmark.name}"
-    with tracked_run(job.tracking, f"eval-{job.benchmark.name}-{evaluation.label}", params={}, tags=tags) as run:
-        logger = run.logger()
-        logger.log_metrics({metric_key(f"{prefix}/{key}"): value for key, value in evaluation.metrics.items()}, 0)
-        logger.log_artifacts(str(evaluation.predictions_path.parent), f"eval/{job.benchmark.name}")
+    if model.run_id:
+        tags[TRAINING_RUN_TAG] = model.run_id
+    params = {"model_uri": model.uri, "model_name": model.name, "model_version": model.version,
+              "model_id": model.model_id, "benchmark": to_dict(bench)}
+    prefix = f"eval/{bench.name}"
+    metrics = {metric_key(f"{prefix}/{key}"): value for key, value in evaluation.metrics.items()}
+    dataset = benchmark_dataset(bench.name, bench.questions, _benchmark_text(job, Storage(job.storage)))
+    with tracked_run(job.tracking, f"eval-{bench.name}-{evaluation.label}", params=flatten_config(params),
+                     tags=tags) as run:
+        if run.run_id:
+            # Only the model itself carries the scores: a control run (shuffled images) is not its evaluation.
+            evaluation.model_id = None if control else model.model_id or (
+                untrained_model_id(job.tracking.uri, run.run_id, job) if model.uri == BASE_MODEL else None)
+            log_evaluation_inputs(job.tracking.uri, run.run_id, dataset, evaluation.model_id)
+            log_model_metrics(job.tracking.uri, run.run_id, metrics, evaluation.model_id, dataset)
+        run.logger().log_artifacts(str(evaluation.predictions_path.parent), prefix)
     run_id = run.run_id
     if source == SOURCE_MODEL_VERSION:
         set_model_version_tags(job.tracking.uri, evaluation.model_name, evaluation.model_version,

@@ -95,7 +95,7 @@ def init_weights(directory: Path) -> dict[str, torch.Tensor]:
     directory = Path(directory)
     if not (directory / STRATEGY_FILE).is_file():
         raise JobError(f"model.init_from={directory}", f"not an rsvlm checkpoint (no {STRATEGY_FILE})",
-                       "give an align run's checkpoint folder, runs:/<id>/checkpoint or models:/<name>@<alias>")
+                       "give an align run's checkpoint folder, models:/<name>@<alias> or models:/<model_id>")
     strategy, _ = checkpoint_configs(directory)
     if strategy.name is not StrategyName.align:
         raise JobError(f"model.init_from={directory}", f"a '{strategy.name.value}' checkpoint, not a stage-1 one",

@@ -17,6 +17,7 @@ from rsvlm.tracking.params import (
     redact,
 )
 from rsvlm.tracking.registry import (
+    PinnedModel,
     ResolvedModel,
     pin_model_uri,
     register_model_version,
@@ -38,6 +39,7 @@ __all__ = [
     "TRUNCATION_MARKER",
     "MlflowRunLogger",
     "NullRunLogger",
+    "PinnedModel",
     "ResolvedModel",
     "RunLogger",
     "best_effort",

@@ -26,15 +26,14 @@ from rsvlm.config.tracking import TrackingConfig
 from rsvlm.data.storage import Storage
 from rsvlm.tracking.logger import RunLogger, is_transient_tracking_error, make_logger
 from rsvlm.tracking.params import mask_url_credentials
-from rsvlm.tracking.registry import register_model_version
+from rsvlm.tracking.logged_models import log_checkpoint_model
+from rsvlm.tracking.registry import register_logged_model
 from rsvlm.tracking.runs import best_effort, finish_run, open_run
 
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "rsvlm_run.json"
 SWEEP_RECORD = "rsvlm_sweep.json"
-# Where a registered checkpoint is logged in its training run's artifacts.
-CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 def default_run_name(prefix: str) -> str:
@@ -125,15 +124,16 @@ def tracked_run(tracking: TrackingConfig, run_name: str, previous_run_id: Option
 
 
 def register_checkpoint(tracking: TrackingConfig, storage: Storage, model_name: str, run_id: str,
-                        checkpoint_uri: str) -> Optional[str]:
-    """Log a checkpoint to its training run and register it as ``model_name`` at ``tracking.alias``.
+                        checkpoint_uri: str, params: Mapping[str, str]) -> Optional[str]:
+    """Log a checkpoint as a logged model of its training run (with ``params``) and register it as
+    ``model_name`` at ``tracking.alias``.
 
     Returns the new version, or None when MLflow cannot be reached (a warning says where the checkpoint is).
     """
     try:
         with storage.local_folder(checkpoint_uri) as directory:
-            make_logger(tracking.uri, run_id, True).log_artifacts(str(directory), CHECKPOINT_ARTIFACT)
-        return register_model_version(tracking.uri, model_name, run_id, CHECKPOINT_ARTIFACT, alias=tracking.alias)
+            model_id = log_checkpoint_model(tracking.uri, run_id, model_name, directory, params)
+        return register_logged_model(tracking.uri, model_name, model_id, run_id, alias=tracking.alias)
     except Exception as exc:  # noqa: BLE001 - classified: caller errors are re-raised
         if not is_transient_tracking_error(exc):
             raise

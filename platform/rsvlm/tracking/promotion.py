@@ -21,6 +21,8 @@ from mlflow.tracking import MlflowClient
 from rsvlm.errors import JobError
 from rsvlm.tracking.registry import registered_model
 
+# The tag register writes on the candidate and the champion version: how they compared.
+PROMOTION_TAG = "rsvlm.promotion"
 # The tag on every evaluation run that says what was scored.
 EVAL_SOURCE_TAG = "rsvlm.eval.source"
 SOURCE_MODEL_VERSION = "model_version"  # a registered model version (models:/ URI): the only promotable source
@@ -105,8 +107,8 @@ def promote_if_better(tracking_uri: str, name: str, benchmark: str, primary_metr
 
     Both scores come from :func:`verified_score`. A candidate without one is refused (:class:`JobError`
     saying which evaluation to run); a missing champion, or one without a verified score, loses to the
-    candidate; a tie keeps the champion. The comparison is written on the candidate version as a tag, so
-    the UI shows why.
+    candidate; a tie keeps the champion. The comparison is written on both versions as a tag, so the UI
+    shows why.
     """
     metric = f"eval/{benchmark}/{primary_metric}"
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -135,10 +137,12 @@ def promote_if_better(tracking_uri: str, name: str, benchmark: str, primary_metr
         promoted = candidate_score > champion_score if higher_is_better else candidate_score < champion_score
     if promoted:
         client.set_registered_model_alias(name, champion_alias, candidate.version)
-    client.set_model_version_tag(name, candidate.version, "rsvlm.promotion",
-                                 f"{metric}={candidate_score:.6g} vs champion "
-                                 f"{'v' + champion_version if champion_version else 'none'}"
-                                 f"={champion_score if champion_score is not None else 'n/a'}: "
-                                 f"{'promoted' if promoted else 'not promoted'}")
+    verdict = (f"{metric}: candidate v{candidate.version}={candidate_score:.6g} vs champion "
+               f"{'v' + champion_version if champion_version else 'none'}"
+               f"={f'{champion_score:.6g}' if champion_score is not None else 'n/a'}: "
+               f"{'promoted' if promoted else 'not promoted'}")
+    # On both versions, so either one's page in the UI says how they compared.
+    for version in {str(candidate.version), *([champion_version] if champion_version else [])}:
+        client.set_model_version_tag(name, version, PROMOTION_TAG, verdict)
     return Promotion(promoted, str(candidate.version), candidate_score, champion_version, champion_score, metric)
 

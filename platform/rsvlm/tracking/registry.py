@@ -2,9 +2,13 @@
 
 MLflow 3 notes that shape this module:
 
+* A version is made from a logged model (``create_model_version(source="models:/<model_id>")``,
+  :func:`register_logged_model`): the source is the link the UI follows from version to model; the
+  database store keeps no other (``ModelVersion.model_id`` comes back None), so :func:`model_id_of` reads it: what finetune and sweeps register, a pyfunc model whose ``checkpoint``
+  artifact is the checkpoint folder. Resolving such a version gives that folder.
 * ``mlflow.register_model("runs:/<id>/<folder>")`` on a plain folder of files (not an MLflow Model) fails
-  after having created an empty registered model, so versions are made with ``MlflowClient`` directly:
-  ``create_registered_model`` (when missing) + ``create_model_version(source=<run artifact URI>/<path>)``.
+  after having created an empty registered model, so a version of a run's folder (:func:`register_model_version`,
+  older rsvlm versions) is made with ``create_registered_model`` + ``create_model_version(source=<artifact URI>)``.
 * Stages are deprecated; promotion is done with aliases (``models:/<name>@<alias>``).
 * The registry needs a database-backed store (sqlite or a server), never the file store.
 
@@ -24,6 +28,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import mlflow.artifacts
+from mlflow.models import Model
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
@@ -32,6 +37,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from rsvlm.errors import JobError
 from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url_credentials
@@ -43,9 +49,11 @@ _LOOKUP_FAILED = frozenset({_NOT_FOUND, ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
 _MODELS_ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
 _MODELS_VERSION_RE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[^/@]+)/?$")
+_LOGGED_MODEL_RE = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]+)/?$")
 _RUNS_RE = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 _ACCEPTED_FORMS = (
-    "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path>, file://<path> or a local folder"
+    "models:/<name>@<alias>, models:/<name>/<version>, models:/<model_id>, runs:/<run_id>/<path>, file://<path> "
+    "or a local folder"
 )
 # The registered-model names jobs/finetune.py and jobs/sweep.py make: rsvlm-<model>-<strategy>.
 _DEFAULT_NAME_RE = re.compile(r"^rsvlm-(?P<model>.+)-(?P<strategy>full|lora|moe_lora)$")
@@ -133,6 +141,51 @@ def register_model_version(
     return version
 
 
+def register_logged_model(tracking_uri: str, name: str, model_id: str, run_id: str, alias: str | None = None,
+                          tags: Mapping[str, Any] | None = None) -> str:
+    """Register logged model ``model_id`` (of training run ``run_id``) as a new version of ``name``; return the
+    version number. The registered model is created when missing; ``alias`` (if given) moves to the version."""
+    client = _client(tracking_uri)
+    _ensure_registered_model(client, name)
+    version_tags = flatten_config(tags or {}, max_length=MAX_TAG_VALUE_LENGTH)
+    # The database store looks a models:/<model_id> source up with a default client, which reads the
+    # process-wide tracking URI: point that at this store for the call (and back).
+    with _use_tracking_uri(tracking_uri):
+        model_version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
+                                                    tags=version_tags, model_id=model_id)
+    version = str(model_version.version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def model_id_of(model_version: Any) -> str | None:
+    """The logged model a registered version was made from (None for a version of a plain folder)."""
+    match = _LOGGED_MODEL_RE.match(model_version.source or "")
+    return getattr(model_version, "model_id", None) or (match["model_id"] if match else None)
+
+
+def _download_logged_model(client: MlflowClient, model_id: str, dst_dir: str | Path, tracking_uri: str) -> Path:
+    """The checkpoint folder of logged model ``model_id``, downloaded into ``dst_dir``."""
+    model = client.get_logged_model(model_id)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(dst_dir),
+                                                tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return checkpoint_folder(Path(local))
+
+
+def checkpoint_folder(local: Path) -> Path:
+    """The checkpoint inside a downloaded model: a pyfunc model keeps it as its ``checkpoint`` artifact (where,
+    its MLmodel file says: MLflow names the copy after the source folder); an older version's folder is the
+    checkpoint itself."""
+    if not (local / "MLmodel").is_file():
+        return local
+    artifacts = Model.load(str(local / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
+    if "checkpoint" not in artifacts:
+        raise ModelPathError(str(local), "an MLflow model without a checkpoint artifact, not an rsvlm model",
+                             "register rsvlm checkpoints with jobs/finetune.py or jobs/sweep.py")
+    return local / artifacts["checkpoint"]["path"]
+
+
 def registered_model(client: MlflowClient, name: str, uri: str, tracking_uri: str) -> Any:
     """The registered model ``name``; :class:`ModelNotFoundError` naming ``uri`` and the command that
     registers one when it does not exist."""
@@ -205,17 +258,32 @@ def _registered_version(client: MlflowClient, uri: str, tracking_uri: str) -> An
     raise ModelURIError(uri, "cannot parse this model URI", f"accepted: {_ACCEPTED_FORMS}")
 
 
-def pin_model_uri(uri: str, tracking_uri: str) -> tuple[str, str | None, str | None]:
-    """``(uri with an alias replaced by the version it points at now, model name, version)``.
+@dataclass(frozen=True)
+class PinnedModel:
+    """A model URI with any alias replaced by the version it names now, and what MLflow knows of it."""
+
+    uri: str
+    name: str | None = None  # registered model name and version, for a models:/<name>… URI
+    version: str | None = None
+    model_id: str | None = None  # the logged model (a version made from one, or models:/<model_id>)
+    run_id: str | None = None  # the training run that made it
+
+
+def pin_model_uri(uri: str, tracking_uri: str) -> PinnedModel:
+    """``uri`` pinned: ``models:/<name>@<alias>`` becomes ``models:/<name>/<version>``.
 
     Workers that each resolve the model get the same version even if the alias moves meanwhile. URIs that
-    are not ``models:/`` come back unchanged, with no name or version.
+    are not ``models:/`` come back unchanged, with nothing known of them.
     """
+    if match := _LOGGED_MODEL_RE.match(uri):
+        model = _client(tracking_uri).get_logged_model(match["model_id"])
+        return PinnedModel(uri, model_id=model.model_id, run_id=model.source_run_id)
     if not uri.startswith("models:/"):
-        return uri, None, None
+        return PinnedModel(uri)
     model_version = _registered_version(_client(tracking_uri), uri, tracking_uri)
     name, version = model_version.name, str(model_version.version)
-    return f"models:/{name}/{version}", name, version
+    return PinnedModel(f"models:/{name}/{version}", name, version, model_id_of(model_version),
+                       model_version.run_id or None)
 
 
 def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> ResolvedModel:
@@ -228,16 +296,20 @@ def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str | Path) -> Resol
     """
     # MLflow's per-file download bar is carriage-return noise in job logs; a user's explicit setting wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if match := _LOGGED_MODEL_RE.match(uri):
+        client = _client(tracking_uri)
+        return ResolvedModel(local_path=_download_logged_model(client, match["model_id"], dst_dir, tracking_uri),
+                             name=None, version=None, run_id=client.get_logged_model(match["model_id"]).source_run_id)
     if uri.startswith("models:/"):
-        model_version = _registered_version(_client(tracking_uri), uri, tracking_uri)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_version.source,
-            dst_path=str(dst_dir),
-            tracking_uri=tracking_uri,
-            registry_uri=tracking_uri,
-        )
+        client = _client(tracking_uri)
+        model_version = _registered_version(client, uri, tracking_uri)
+        if model_id := model_id_of(model_version):
+            local = _download_logged_model(client, model_id, dst_dir, tracking_uri)
+        else:  # a version of a plain folder (registered by an earlier rsvlm)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_version.source, dst_path=str(dst_dir),
+                                                             tracking_uri=tracking_uri, registry_uri=tracking_uri))
         return ResolvedModel(
-            local_path=Path(local),
+            local_path=local,
             name=model_version.name,
             version=str(model_version.version),
             run_id=model_version.run_id or None,

@@ -28,6 +28,11 @@ from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url
 log = logging.getLogger(__name__)
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# A run's description in the MLflow UI.
+DESCRIPTION_TAG = "mlflow.note.content"
+# MLflow 3's UI opens an experiment of this kind on its training runs (untagged ones open on the GenAI overview).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # How long the start-up probe of a tracking server waits to connect, and then for its answer.
 PROBE_TIMEOUT_S = 5.0
 _FINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -53,7 +58,8 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as exc:
             # Another job created it between our lookup and create: use theirs.
             if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
@@ -71,6 +77,18 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
             name, experiment.artifact_location, location,
         )
     return experiment.experiment_id
+
+
+def experiment_ui_url(tracking: TrackingConfig, server_url: str, tab: str = "runs") -> str:
+    """The MLflow UI page of ``tracking.experiment`` (its ``runs`` or ``models`` tab) on ``server_url``.
+
+    MLflow 3.17's UI picks its GenAI or model-training navigation from the URL's ``workflowType`` (else what
+    the browser last chose, else GenAI), not from the experiment's kind tag: the link carries it.
+    """
+    client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    page = f"experiments/{experiment.experiment_id}/{tab}" if experiment else "experiments"
+    return f"{server_url.rstrip('/')}/#/{page}?workflowType=machine_learning"
 
 
 def create_run(

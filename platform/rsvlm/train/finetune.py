@@ -29,6 +29,8 @@ from rsvlm.model.build import load_processor
 from rsvlm.ray_session import ensure_ray
 from rsvlm.strategies.checkpoint import INIT_WEIGHTS_FILE, init_weights
 from rsvlm.tracking import flatten_config, resolve_model_uri
+from rsvlm.tracking.logged_models import model_params, training_description
+from rsvlm.tracking.runs import DESCRIPTION_TAG
 from rsvlm.tracking.lifecycle import (
     RUN_RECORD,
     RunRecord,
@@ -136,7 +138,8 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
     untracked = ("Training goes on untracked: its metrics are not recorded and the model will not be registered; "
                  f"the checkpoints are under {job.train.storage_uri}")
     with tracked_run(job.tracking, run_name, record.mlflow_run_id, params=flatten_config(to_dict(job)),
-                     tags={"rsvlm.job": "finetune", "rsvlm.run_name": run_name, **(tags or {})},
+                     tags={"rsvlm.job": "finetune", "rsvlm.run_name": run_name, **(tags or {}),
+                           DESCRIPTION_TAG: training_description(job, manifest.get("fingerprint"))},
                      parent_run_id=parent_run_id, untracked=untracked) as run:
         record = RunRecord(run.run_id or record.mlflow_run_id, record.starts + 1)
         write_record(storage, record_uri, record)
@@ -151,7 +154,7 @@ def _run_locked(job: JobConfig, run_name: str, *, register: bool, parent_run_id:
         version = None
         if run.run_id and register:
             version = register_checkpoint(job.tracking, storage, job.registered_model_name, run.run_id,
-                                          checkpoint_uri)
+                                          checkpoint_uri, model_params(job, manifest.get("fingerprint")))
     write_record(storage, record_uri, RunRecord(record.mlflow_run_id, record.starts, True, checkpoint_uri))
     return FinetuneResult(checkpoint_uri, dict(result.metrics or {}), run.run_id,
                           job.registered_model_name if version else None, version)

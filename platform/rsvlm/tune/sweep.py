@@ -35,6 +35,7 @@ from rsvlm.data.storage import Storage, is_remote
 from rsvlm.errors import DEBUG_ENV, JobError
 from rsvlm.ray_session import ensure_ray
 from rsvlm.tracking import best_effort, flatten_config, make_logger, mask_url_credentials
+from rsvlm.tracking.logged_models import model_params
 from rsvlm.tracking.lifecycle import (
     SWEEP_RECORD,
     SweepRecord,
@@ -170,7 +171,8 @@ def _sweep_result(job: JobConfig, name: str, storage: Storage, manifest: dict[st
     if best is not None and best.run_id and best.checkpoint_uri:
         best_job = trial_job(base, nested_values(best.values), best.run_name)
         result.version = register_checkpoint(best_job.tracking, storage, best_job.registered_model_name,
-                                             best.run_id, best.checkpoint_uri)
+                                             best.run_id, best.checkpoint_uri,
+                                             model_params(best_job, manifest.get("fingerprint")))
         result.registered_model = best_job.registered_model_name if result.version else None
     return result
 
