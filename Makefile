@@ -6,6 +6,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The UI tests' browser (tests/browser.py), installed by `make test` when missing: Debian's chromium, as
+# Playwright's own browser download needs a host these machines may not reach. sudo only when not root: CI containers run as root and often have no sudo.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # pip warns about every missing local index directory of this machine's pip config; keep the log readable.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
@@ -21,10 +25,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import torch, ray, transformers, peft, mlflow, hydra; assert '+cpu' in torch.__version__ or torch.cuda.is_available()"
 	touch $(STAMP)
 
+# A fresh image has no package lists; noninteractive: no debconf prompt may stop a CI run.
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
 demo: setup
 	$(PY) jobs/pipeline.py $(ARGS)
 
-test: setup
+test: setup $(CHROMIUM)
 	$(PY) -m pytest -q $(ARGS)
 
 test-unit: setup
