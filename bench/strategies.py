@@ -12,8 +12,18 @@ text-only sequences of ``--seq`` tokens, so the adapted linear layers dominate t
   published MOELoRA code does (the reference the batched form must beat).
 
 Each variant runs in its own process, so its peak resident memory (``ru_maxrss``) is its own. The step time
-is the median over ``--steps`` optimizer steps after two warm-up steps. Prints one JSON line with
-``moe_lora_over_lora``, ``full_over_lora`` and ``moe_lora_over_loop_reference`` (ratios of median step times).
+is the median over ``--steps`` optimizer steps after two warm-up steps. The variants are interleaved over
+``--rounds`` rounds (each round runs every variant once, in a rotated order, each in a fresh process), so a
+machine that slows down for a while slows every variant of that round, not one. Each ratio is taken within a
+round; the JSON line gives its median and spread (min, max) over the rounds: ``lora_over_full``,
+``moe_lora_over_lora``, ``full_over_lora``, ``moe_lora_over_loop_reference``.
+
+Beside each measured ratio it prints the one a cost model of the same shapes predicts (``predicted``): per
+layer the forward, input-gradient and weight-gradient flops of the linear layers and attention, the
+adapters' and routers' flops, the LM head, and AdamW's bytes over what trains; converted to seconds with this
+machine's matmul flop/s and memory bandwidth, measured by the bench at the model's shapes. It leaves out
+norms, activations and other elementwise work (memory-bound, similar for every variant), so a measured
+ratio far from its prediction points at overhead, not at arithmetic.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from _common import variants_or_one  # noqa: E402  (bench/ is the script's folder)
+from _common import every_variant, variants_or_one  # noqa: E402  (bench/ is the script's folder)
 
 VARIANTS = ("full", "lora", "moe_lora", "moe_lora_loop")
 
@@ -46,23 +56,85 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every variant")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant in this process (used internally)")
     args = parser.parse_args()
-    results = variants_or_one(__file__, args, VARIANTS, measure)
-    if results is None:
+    if args.variant:
+        variants_or_one(__file__, args, VARIANTS, measure)
         return
-    step = {name: r["median_step_s"] for name, r in results.items()}
+    rounds = [every_variant(__file__, "--variant", VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)])
+              for r in range(args.rounds)]
+    step = {name: statistics.median(r[name]["median_step_s"] for r in rounds) for name in VARIANTS}
+    last = rounds[-1]
+    predicted = predicted_step_s(args, {name: last[name]["trainable_params"] for name in VARIANTS})
     figures = {
         "model": {"hidden": args.hidden, "layers": args.layers, "seq": args.seq, "batch": args.batch,
-                  "rank": args.rank, "experts": args.experts, "threads": results["lora"]["threads"]},
+                  "rank": args.rank, "experts": args.experts, "threads": last["lora"]["threads"],
+                  "rounds": args.rounds},
         **{f"{name}_median_step_s": round(s, 4) for name, s in step.items()},
-        **{f"{name}_peak_rss_mib": r["peak_rss_mib"] for name, r in results.items()},
-        **{f"{name}_trainable_params": r["trainable_params"] for name, r in results.items()},
-        "moe_lora_over_lora": round(step["moe_lora"] / step["lora"], 3),
-        "full_over_lora": round(step["full"] / step["lora"], 3),
-        "moe_lora_over_loop_reference": round(step["moe_lora"] / step["moe_lora_loop"], 3),
+        **{f"{name}_peak_rss_mib": last[name]["peak_rss_mib"] for name in VARIANTS},
+        **{f"{name}_trainable_params": last[name]["trainable_params"] for name in VARIANTS},
+        "machine": {key: round(value, 2) for key, value in predicted.pop("machine").items()},
+        **{f"{name}_predicted_step_s": round(s, 4) for name, s in predicted.items()},
     }
+    for ratio, (top, bottom) in RATIOS.items():
+        per_round = [r[top]["median_step_s"] / r[bottom]["median_step_s"] for r in rounds]
+        figures[ratio] = {"median": round(statistics.median(per_round), 3), "spread": [round(min(per_round), 3),
+                          round(max(per_round), 3)], "predicted": round(predicted[top] / predicted[bottom], 3)}
     print(json.dumps(figures))
+
+
+# Each ratio: (numerator variant, denominator variant), of step times.
+RATIOS = {"lora_over_full": ("lora", "full"), "moe_lora_over_lora": ("moe_lora", "lora"),
+          "full_over_lora": ("full", "lora"), "moe_lora_over_loop_reference": ("moe_lora", "moe_lora_loop")}
+
+
+def predicted_step_s(args: argparse.Namespace, trainable: dict[str, int]) -> dict:
+    """Each variant's step time by the cost model (module docstring), and the machine figures it used."""
+    tokens, d, m, seq, rank, vocab = args.batch * args.seq, args.hidden, args.intermediate, args.seq, args.rank, 1024
+    weights = 4 * d * d + 3 * d * m  # q, k, v, o; gate, up, down (Llama)
+    adapter = rank * (11 * d + 3 * m)  # sum over the 7 linears of rank · (d_in + d_out)
+    router = args.experts * (6 * d + m)  # sum over the 7 linears of experts · d_in
+    linear, attention = 2 * tokens * weights, 4 * tokens * seq * d  # forward flops per layer
+    head = 2 * tokens * d * vocab
+    flop_s, bytes_s = _matmul_flop_s(tokens, d, m), _memory_bytes_s()
+    optimizer_bytes = 28  # AdamW per fp32 trainable value: read param, grad, two moments; write three
+    flops = {
+        # forward + input gradients + weight gradients of every linear; attention backward ≈ 2× its forward
+        "full": args.layers * (3 * linear + 3 * attention) + 3 * head,
+        # base weights frozen: no weight gradients; adapters: forward, input and weight gradients
+        "lora": args.layers * (2 * linear + 3 * attention + 3 * 2 * tokens * adapter) + 2 * head,
+    }
+    flops["moe_lora"] = flops["lora"] + args.layers * 3 * 2 * tokens * router
+    flops["moe_lora_loop"] = flops["moe_lora"]
+    seconds = {name: flops[name] / flop_s + optimizer_bytes * trainable[name] / bytes_s for name in flops}
+    return {**seconds, "machine": {"matmul_gflop_s": flop_s / 1e9, "memory_gb_s": bytes_s / 1e9}}
+
+
+def _matmul_flop_s(tokens: int, d: int, m: int) -> float:
+    """This machine's fp32 matmul flop/s at the MLP's shape (best of a few)."""
+    import torch
+
+    a, b = torch.randn(tokens, d), torch.randn(d, m)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * tokens * d * m / best
+
+
+def _memory_bytes_s() -> float:
+    """This machine's memory bandwidth for an fp32 add of 32 M values (read two, write one; best of a few)."""
+    import torch
+
+    a, b, out = torch.randn(32 << 20), torch.randn(32 << 20), torch.empty(32 << 20)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        torch.add(a, b, out=out)
+        best = min(best, time.perf_counter() - started)
+    return 3 * 4 * (32 << 20) / best
 
 
 def measure(args: argparse.Namespace) -> dict:
