@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from rsvlm.dev.services import free_port, pid_alive
 from rsvlm.dev.stack import MLFLOW_BUCKET, Stack, StackPorts, processes_under, start_stack, stop_stack
+from rsvlm.tracking.registry import model_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -91,4 +92,8 @@ def test_finetune_job_submitted_to_the_stack_trains_logs_and_registers(stack, tm
     # Artifacts went through the server's proxy to S3.
     s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1")
     keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=MLFLOW_BUCKET, Prefix="artifacts/")["Contents"]]
-    assert any(key.endswith(f"{run.info.run_id}/artifacts/checkpoint/strategy.json") for key in keys)
+    # The checkpoint is the registered logged model's artifact (MLflow keeps it under the folder's own name).
+    model_id = model_id_of(version)
+    assert client.get_logged_model(model_id).source_run_id == run.info.run_id
+    assert any(f"models/{model_id}/artifacts/artifacts/checkpoint_" in key and key.endswith("/strategy.json")
+               for key in keys), keys

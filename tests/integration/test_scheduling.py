@@ -33,7 +33,8 @@ def test_the_cluster_is_judged_per_node_and_what_it_lacks_is_named(local_ray):
 
 def test_finetune_on_gpu_workers_without_gpus_fails_in_seconds(tmp_path):
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "jobs/finetune.py", f"workdir={tmp_path}", "scaling=gpu1"],
+    done = subprocess.run([sys.executable, "jobs/finetune.py", f"workdir={tmp_path}", "scaling=gpu1",
+                           "data.synthetic.num_train_images=8", "data.synthetic.num_test_images=2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - started
     assert done.returncode == 1
