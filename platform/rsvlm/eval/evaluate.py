@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from mlflow.entities import Dataset
 
+from rsvlm.config import to_dict
 from rsvlm.config.job import JobConfig
 from rsvlm.data.prepare import read_prepared_records
 from rsvlm.data.images import open_rgb
@@ -27,7 +29,6 @@ from rsvlm.eval.report import write_report
 from rsvlm.eval.benchmark import (join_answers, majority_answers, prediction_rows, read_answers, read_questions,
                                   score_predictions, write_jsonl)
 from rsvlm.errors import JobError
-from rsvlm.config import to_dict
 from rsvlm.tracking import PinnedModel, flatten_config, pin_model_uri
 from rsvlm.tracking.lifecycle import tracked_run
 from rsvlm.tracking.logged_models import (benchmark_dataset, log_evaluation_inputs, log_model_metrics,
@@ -70,7 +71,9 @@ def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None, 
     """
     pinned = pin_model_uri(model_uri, job.tracking.uri) if model_uri.startswith("models:/") else PinnedModel(model_uri)
     model_uri, name, version = pinned.uri, pinned.name, pinned.version
-    questions = _benchmark_questions(job, Storage(job.storage))
+    bench = job.benchmark
+    text = _benchmark_text(job, Storage(job.storage))
+    questions = read_questions(text, bench.questions, bench.limit)
     asked = questions if shuffle_images_seed is None else shuffled_images(questions, shuffle_images_seed)
     answers = answer_questions(job, model_uri, asked)
     label = label or (f"{name}-v{version}" if name else Path(model_uri).name or "model")
@@ -78,7 +81,8 @@ def evaluate_model(job: JobConfig, model_uri: str, label: Optional[str] = None, 
     if shuffle_images_seed is None:  # the control is not an evaluation of the version
         evaluation.model_name, evaluation.model_version = name, version
     if job.tracking.enabled:
-        evaluation.run_id = _log_evaluation(job, evaluation, pinned,
+        dataset = benchmark_dataset(bench.name, bench.questions, text)
+        evaluation.run_id = _log_evaluation(job, evaluation, pinned, dataset,
                                             control="shuffled_images" if shuffle_images_seed is not None else None)
     return evaluation
 
@@ -107,7 +111,8 @@ def evaluate_predictions(job: JobConfig, label: Optional[str] = None) -> Evaluat
     if not path:
         raise JobError("benchmark.predictions", "names no answer file to score", "predictions=PATH")
     storage = Storage(job.storage)
-    questions = read_questions(_benchmark_text(job, storage), bench.questions)
+    text = _benchmark_text(job, storage)
+    questions = read_questions(text, bench.questions)
     try:
         text = storage.read_text(path)
     except FileNotFoundError as exc:
@@ -124,7 +129,8 @@ def evaluate_predictions(job: JobConfig, label: Optional[str] = None) -> Evaluat
                   joined.beyond_limit, bench.limit)
     evaluation = _record(job, label or Path(path).stem, joined.rows, {"missing_answers": float(joined.missing)})
     if job.tracking.enabled:
-        evaluation.run_id = _log_evaluation(job, evaluation, PinnedModel(path), answer_file=True)
+        evaluation.run_id = _log_evaluation(job, evaluation, PinnedModel(path),
+                                            benchmark_dataset(bench.name, bench.questions, text), answer_file=True)
     return evaluation
 
 
@@ -191,8 +197,8 @@ def _record(job: JobConfig, label: str, rows: list[dict[str, Any]],
     return Evaluation(label, metrics, predictions, metrics_path)
 
 
-def _log_evaluation(job: JobConfig, evaluation: Evaluation, model: PinnedModel, answer_file: bool = False,
-                    control: Optional[str] = None) -> str:
+def _log_evaluation(job: JobConfig, evaluation: Evaluation, model: PinnedModel, dataset: Dataset,
+                    answer_file: bool = False, control: Optional[str] = None) -> str:
     # What was scored: a registered model version (the only source promotion accepts), another model (a
     # folder, a run's checkpoint, the base model, or a control run of any model) or an answer file.
     source = SOURCE_ANSWER_FILE if answer_file else SOURCE_MODEL_VERSION if evaluation.model_name else SOURCE_MODEL
@@ -207,7 +213,6 @@ def _log_evaluation(job: JobConfig, evaluation: Evaluation, model: PinnedModel, 
               "model_id": model.model_id, "benchmark": to_dict(bench)}
     prefix = f"eval/{bench.name}"
     metrics = {metric_key(f"{prefix}/{key}"): value for key, value in evaluation.metrics.items()}
-    dataset = benchmark_dataset(bench.name, bench.questions, _benchmark_text(job, Storage(job.storage)))
     with tracked_run(job.tracking, f"eval-{bench.name}-{evaluation.label}", params=flatten_config(params),
                      tags=tags) as run:
         if run.run_id:

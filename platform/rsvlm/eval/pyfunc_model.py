@@ -30,9 +30,9 @@ from rsvlm.data.images import open_rgb
 from rsvlm.data.storage import Storage
 from rsvlm.eval.generate import Prompt, generate_answers
 from rsvlm.strategies.checkpoint import load_checkpoint
+from rsvlm.tracking.logged_models import CHECKPOINT_ARTIFACT
 
-# The artifact (a checkpoint folder) the model is logged with, and the generation defaults of a benchmark.
-CHECKPOINT_ARTIFACT = "checkpoint"
+# Generation defaults when a row does not say (a benchmark's).
 DEFAULT_MAX_NEW_TOKENS = 32
 BATCH_SIZE = 16
 

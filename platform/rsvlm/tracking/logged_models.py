@@ -36,7 +36,7 @@ from rsvlm.tracking.params import MAX_PARAM_VALUE_LENGTH, flatten_config, mask_u
 # MLflow's models-from-code: the wrapper's source is named here, not imported (it lives in a higher layer,
 # rsvlm.eval, and MLflow runs the copy inside the model when loading it).
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "eval" / "pyfunc_model.py"
-CHECKPOINT_ARTIFACT = "checkpoint"  # rsvlm.eval.pyfunc_model.CHECKPOINT_ARTIFACT
+CHECKPOINT_ARTIFACT = "checkpoint"  # the checkpoint folder's key in the pyfunc model's artifacts
 MODEL_TYPE = "rsvlm-vqa"
 UNTRAINED_SUFFIX = "untrained"
 SIGNATURE = ModelSignature(

@@ -4,8 +4,9 @@ MLflow 3 notes that shape this module:
 
 * A version is made from a logged model (``create_model_version(source="models:/<model_id>")``,
   :func:`register_logged_model`): the source is the link the UI follows from version to model; the
-  database store keeps no other (``ModelVersion.model_id`` comes back None), so :func:`model_id_of` reads it: what finetune and sweeps register, a pyfunc model whose ``checkpoint``
-  artifact is the checkpoint folder. Resolving such a version gives that folder.
+  database store keeps no other (``ModelVersion.model_id`` comes back None), so :func:`model_id_of` reads it.
+  That is what finetune and sweeps register: a pyfunc model whose ``checkpoint`` artifact is the checkpoint
+  folder. Resolving such a version gives that folder.
 * ``mlflow.register_model("runs:/<id>/<folder>")`` on a plain folder of files (not an MLflow Model) fails
   after having created an empty registered model, so a version of a run's folder (:func:`register_model_version`,
   older rsvlm versions) is made with ``create_registered_model`` + ``create_model_version(source=<artifact URI>)``.
@@ -40,6 +41,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from rsvlm.errors import JobError
+from rsvlm.tracking.logged_models import CHECKPOINT_ARTIFACT
 from rsvlm.tracking.params import MAX_TAG_VALUE_LENGTH, flatten_config, mask_url_credentials
 
 _NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
@@ -162,7 +164,7 @@ def register_logged_model(tracking_uri: str, name: str, model_id: str, run_id: s
 def model_id_of(model_version: Any) -> str | None:
     """The logged model a registered version was made from (None for a version of a plain folder)."""
     match = _LOGGED_MODEL_RE.match(model_version.source or "")
-    return getattr(model_version, "model_id", None) or (match["model_id"] if match else None)
+    return model_version.model_id or (match["model_id"] if match else None)
 
 
 def _download_logged_model(client: MlflowClient, model_id: str, dst_dir: str | Path, tracking_uri: str) -> Path:
@@ -180,10 +182,10 @@ def checkpoint_folder(local: Path) -> Path:
     if not (local / "MLmodel").is_file():
         return local
     artifacts = Model.load(str(local / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
-    if "checkpoint" not in artifacts:
+    if CHECKPOINT_ARTIFACT not in artifacts:
         raise ModelPathError(str(local), "an MLflow model without a checkpoint artifact, not an rsvlm model",
                              "register rsvlm checkpoints with jobs/finetune.py or jobs/sweep.py")
-    return local / artifacts["checkpoint"]["path"]
+    return local / artifacts[CHECKPOINT_ARTIFACT]["path"]
 
 
 def registered_model(client: MlflowClient, name: str, uri: str, tracking_uri: str) -> Any:
