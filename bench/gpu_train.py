@@ -58,6 +58,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="micro-batch (default: the preset's)")
     parser.add_argument("--seq", type=int, help="tokens per sample, image tokens included (default: the preset's)")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--precision", choices=("bf16", "bf16_autocast"), default="bf16",
+                        help="bf16: every weight in bf16; bf16_autocast: the finetune recipe's mixed precision "
+                             "(what trains in fp32 under bf16 autocast; full fine-tuning of 7B then needs "
+                             "more than one 80 GB GPU)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
     parser.add_argument("--strategy", choices=STRATEGIES, help="run one strategy in this process (internal)")
     args = parser.parse_args()
@@ -100,6 +104,7 @@ def measure(args: argparse.Namespace) -> dict:
     from rsvlm.model.parts import model_parts
     from rsvlm.strategies import build_strategy
     from rsvlm.train.optim import build_optimizer, warmup_cosine
+    from rsvlm.train.precision import prepare_for_autocast
     from rsvlm.train.step import train_step
 
     shape = dict(PRESETS[args.preset])
@@ -113,6 +118,9 @@ def measure(args: argparse.Namespace) -> dict:
         name=name, llm=Trainability.full if name is StrategyName.full else Trainability.adapter,
         rank=shape["rank"], alpha=2.0 * shape["rank"], dropout=0.0, num_experts=4, top_k=None))
     model = strategy.apply(model)
+    autocast = torch.bfloat16 if cuda and args.precision == "bf16_autocast" else None
+    if autocast is not None:
+        prepare_for_autocast(model)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model, OptimConfig(lr=1e-5))
@@ -135,7 +143,7 @@ def measure(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        train_step(model, [(inputs, [])], optimizer, scheduler, 1.0, strategy.aux_loss)
+        train_step(model, [(inputs, [])], optimizer, scheduler, 1.0, strategy.aux_loss, None, autocast)
         if cuda:
             torch.cuda.synchronize()
         if step >= 2:
@@ -152,7 +160,7 @@ def measure(args: argparse.Namespace) -> dict:
     flops += 3 * 4 * shape["layers"] * seq * shape["hidden"] * tokens
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype).removeprefix("torch."),
-        "batch": batch, "seq": seq, "gradient_checkpointing": args.gradient_checkpointing,
+        "precision": args.precision if cuda else "fp32", "batch": batch, "seq": seq, "gradient_checkpointing": args.gradient_checkpointing,
         "adapter_dtype": str(next(p.dtype for p in model.parameters() if p.requires_grad)).removeprefix("torch."),
         "checkpointing_active": bool(getattr(model, "is_gradient_checkpointing", False)
                                      or any(getattr(m, "gradient_checkpointing", False) for m in model.modules())),

@@ -37,6 +37,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
@@ -140,33 +141,9 @@ def _memory_bytes_s() -> float:
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from rsvlm.config.model import ModelConfig, TinyModelConfig
-    from rsvlm.config.strategy import StrategyConfig, StrategyName, Trainability
-    from rsvlm.config.training import OptimConfig
-    from rsvlm.model.build import load_model
-    from rsvlm.strategies import build_strategy
-    from rsvlm.train.optim import build_optimizer, warmup_cosine
     from rsvlm.train.step import train_step
 
-    torch.manual_seed(0)
-    tiny = TinyModelConfig(text_hidden_size=args.hidden, text_layers=args.layers, text_heads=args.heads,
-                           text_intermediate_size=args.intermediate, max_position_embeddings=max(512, args.seq))
-    model = load_model(ModelConfig(tiny=tiny)).model
-    name = StrategyName.full if args.variant == "full" else (
-        StrategyName.lora if args.variant == "lora" else StrategyName.moe_lora)
-    strategy_config = StrategyConfig(name=name, llm=Trainability.full if name is StrategyName.full else
-                                     Trainability.adapter, rank=args.rank, alpha=2.0 * args.rank, dropout=0.0,
-                                     num_experts=args.experts, top_k=None)
-    strategy = build_strategy(strategy_config)
-    model = strategy.apply(model)
-    if args.variant == "moe_lora_loop":
-        use_expert_loop(model)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
-    scheduler = warmup_cosine(optimizer, 0, args.steps + 2)
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(300, tiny.vocab_size, (args.batch, args.seq), generator=generator)
-    inputs = {"input_ids": input_ids, "labels": input_ids.clone(),
-              "attention_mask": torch.ones_like(input_ids)}
+    model, strategy, optimizer, scheduler, inputs = build_variant(args)
     times = []
     for step in range(args.steps + 2):
         started = time.perf_counter()
@@ -177,6 +154,39 @@ def measure(args: argparse.Namespace) -> dict:
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "threads": torch.get_num_threads()}
+
+
+def build_variant(args: argparse.Namespace, dtype=None, experts: Optional[int] = None):
+    """``(model, strategy, optimizer, scheduler, inputs)`` of ``args.variant`` at the bench's shapes: the tiny
+    LLaVA with the sized LLM (in ``dtype``, default fp32) and a text-only batch of random tokens."""
+    import torch
+
+    from rsvlm.config.model import ModelConfig, TinyModelConfig
+    from rsvlm.config.strategy import StrategyConfig, StrategyName, Trainability
+    from rsvlm.config.training import OptimConfig
+    from rsvlm.model.build import load_model
+    from rsvlm.strategies import build_strategy
+    from rsvlm.train.optim import build_optimizer, warmup_cosine
+
+    torch.manual_seed(0)
+    tiny = TinyModelConfig(text_hidden_size=args.hidden, text_layers=args.layers, text_heads=args.heads,
+                           text_intermediate_size=args.intermediate, max_position_embeddings=max(512, args.seq))
+    model = load_model(ModelConfig(tiny=tiny)).model.to(dtype or torch.float32)
+    name = StrategyName.full if args.variant == "full" else (
+        StrategyName.moe_lora if args.variant.startswith("moe_lora") else StrategyName.lora)
+    strategy_config = StrategyConfig(name=name, llm=Trainability.full if name is StrategyName.full else
+                                     Trainability.adapter, rank=args.rank, alpha=2.0 * args.rank, dropout=0.0,
+                                     num_experts=experts or args.experts, top_k=None)
+    strategy = build_strategy(strategy_config)
+    model = strategy.apply(model)
+    if args.variant == "moe_lora_loop":
+        use_expert_loop(model)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
+    scheduler = warmup_cosine(optimizer, 0, args.steps + 2)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(300, tiny.vocab_size, (args.batch, args.seq), generator=generator)
+    inputs = {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
+    return model, strategy, optimizer, scheduler, inputs
 
 
 def use_expert_loop(model) -> None:

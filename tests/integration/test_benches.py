@@ -40,6 +40,18 @@ def test_strategies_bench_prints_its_ratios():
     assert figures["lora_over_full"]["predicted"] < 1 < figures["moe_lora_over_lora"]["predicted"]
 
 
+def test_lora_profile_bench_prints_each_variants_costliest_operators():
+    result = subprocess.run([sys.executable, "bench/lora_profile.py", "--hidden", "64", "--layers", "1", "--heads",
+                             "2", "--intermediate", "128", "--seq", "32", "--batch", "1", "--steps", "1", "--rank",
+                             "8", "--precision", "bf16_autocast"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures["profiles"]) == {"full", "lora", "lora_peft_default", "moe_lora_1expert"}
+    for name, operators in figures["profiles"].items():
+        assert "aten::mm" in operators and all(op["calls"] > 0 for op in operators.values()), name
+    assert figures["lora_over_full"] == pytest.approx(figures["lora_step_s"] / figures["full_step_s"], rel=0.02)  # of rounded times
+
+
 def test_gpu_train_bench_runs_at_toy_size_on_cpu():
     result = subprocess.run([sys.executable, "bench/gpu_train.py", "--preset", "toy", "--steps", "1"],
                             capture_output=True, text=True, timeout=600)

@@ -33,8 +33,12 @@ class LoraStrategy(Strategy):
         )
 
     def apply(self, model: nn.Module) -> nn.Module:
-        # peft freezes the whole base model and re-enables adapters and modules_to_save.
-        return get_peft_model(model, self.peft_config(model))
+        # peft freezes the whole base model and re-enables adapters and modules_to_save. Its default upcasts
+        # the adapters of a bf16 model to fp32, so every adapted layer casts its input to fp32 and runs its
+        # adapter matmuls in fp32: on a GPU (and on a CPU with AMX) that made LoRA slower than full
+        # fine-tuning (bench/lora_profile.py). Adapters start in the base model's dtype, as MoE-LoRA's do;
+        # fp32 master weights are the precision recipe's job (rsvlm.train.precision.prepare_for_autocast).
+        return get_peft_model(model, self.peft_config(model), autocast_adapter_dtype=False)
 
     def save(self, model: nn.Module, directory: Path, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         # peft picks the adapter's (and modules_to_save's) tensors out of a whole state_dict itself.
@@ -42,6 +46,7 @@ class LoraStrategy(Strategy):
                               safe_serialization=True)
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
+        # The adapters in the base model's dtype, as apply makes them (see there).
         return PeftModel.from_pretrained(base_model, directory)
 
     def restore(self, model: nn.Module, directory: Path) -> None:

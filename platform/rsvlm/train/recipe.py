@@ -32,7 +32,7 @@ from rsvlm.train import distributed
 from rsvlm.train.batches import TrainBatch, ValidationBatches, training_batches
 from rsvlm.train.fully_masked import check_fully_masked, masked_before
 from rsvlm.train.optim import build_optimizer, warmup_cosine
-from rsvlm.train.precision import autocast_dtype, keep_trainable_in_fp32
+from rsvlm.train.precision import autocast_dtype, prepare_for_autocast
 from rsvlm.train.progress import NullProgress, ProgressLine
 from rsvlm.train.state import (
     DataPosition,
@@ -198,7 +198,7 @@ class FinetuneRecipe:
         self.model = self.strategy.apply(self.loaded.model)
         self.precision = autocast_dtype(job.train.mixed_precision, self.context.device)
         if self.precision is not None:
-            keep_trainable_in_fp32(self.model)
+            prepare_for_autocast(self.model)
         if job.train.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
 

@@ -91,6 +91,10 @@ class MoeLoraLinear(nn.Module):
     token routing, over the rows for task routing.
     """
 
+    # The input is cast to the adapters' dtype, unless autocast does it (rsvlm.train.precision.prepare_for_autocast;
+    # the same switch as peft's layers).
+    cast_input_dtype_enabled = True
+
     def __init__(self, base_layer: nn.Linear, num_experts: int, expert_rank: int, alpha: float,
                  dropout: float = 0.0, top_k: Optional[int] = None, routing: Routing = Routing.token,
                  num_tasks: int = 0, aux_loss_coef: float = 0.0):
@@ -178,7 +182,9 @@ class MoeLoraLinear(nn.Module):
             rows = () if x.dim() == 1 else (x.shape[0], *([1] * (x.dim() - 2)))
             weights = weights.view(*rows, self.num_experts)
         dtype = self.lora_A.weight.dtype
-        hidden = self.lora_A(self.lora_dropout(x.to(dtype)))
+        if self.cast_input_dtype_enabled:
+            x = x.to(dtype)
+        hidden = self.lora_A(self.lora_dropout(x))
         hidden = hidden.unflatten(-1, (self.num_experts, self.expert_rank)) * weights.to(dtype).unsqueeze(-1)
         return result + (self.lora_B(hidden.flatten(-2)) * self.scaling).to(result.dtype)
 
