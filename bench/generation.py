@@ -10,8 +10,9 @@ preset), and the model is the untrained tiny LLaVA (``model_uri=base``). Variant
 - ``sequential``: ``rsvlm.eval.generate.generate_answers`` (what ``jobs/evaluate.py`` generates with) with
   ``batch_size=1``;
 - ``batched``: the same function with ``batch_size=--batch-size`` (16, the benchmark's default): prompts
-  sorted by length, left padding, one ``generate`` call per batch. The KV cache is transformers' default
-  (``use_cache=True``) in both;
+  sorted by length, left padding, one ``generate`` call per batch. In both, each distinct image of the
+  call goes through the vision tower and projector once (``batch_size`` images at a time) and ``generate``
+  gets the features; the KV cache is transformers' default (``use_cache=True``);
 - ``in_process``: ``answer_questions`` with ``benchmark.workers=0``, end to end (model load, image reads);
 - ``ray_data``: ``answer_questions`` with ``benchmark.workers=1``, as ``jobs/evaluate.py`` runs it: a Ray
   Data actor pool of one actor that loads the model and answers batches. Ray's start-up (``ensure_ray``,
@@ -25,7 +26,7 @@ warm-up call on the first ``--batch-size`` prompts and one call that records the
 tokens, the rate is the median of ``--repeats`` timed calls. The bench fails (exit code 1, after printing
 its line) unless the two variants give identical answers. Each timed call is followed by the same call with
 ``max_new_tokens=1``, which splits the time in two: ``first_token_ms_per_answer`` (tokenisation, image
-preprocessing, the prefill through the vision tower and the LLM, the first token) and
+preprocessing and encoding, the prefill through the LLM, the first token) and
 ``later_step_ms_per_row`` (each further decoding step of one batch row, on the KV cache).
 
 Why the untrained model and the benchmark's step count: the untrained tiny model almost never emits its
