@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from _common import variants_or_one  # noqa: E402  (bench/ is the script's folder)
-from strategies import build_variant  # noqa: E402
+from strategies import add_shape_arguments, build_variant  # noqa: E402
 
 VARIANTS = ("full", "lora", "lora_peft_default", "moe_lora_1expert")
 PRECISIONS = ("bf16", "bf16_autocast", "fp32")
@@ -46,13 +46,7 @@ PRECISIONS = ("bf16", "bf16_autocast", "fp32")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16")
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rank", type=int, default=128)
+    add_shape_arguments(parser)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--top", type=int, default=6, help="operators listed per variant")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant in this process (used internally)")

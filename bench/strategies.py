@@ -48,13 +48,7 @@ VARIANTS = ("full", "lora", "moe_lora", "moe_lora_loop")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rank", type=int, default=128)
+    add_shape_arguments(parser)
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every variant")
@@ -83,6 +77,17 @@ def main() -> None:
         figures[ratio] = {"median": round(statistics.median(per_round), 3), "spread": [round(min(per_round), 3),
                           round(max(per_round), 3)], "predicted": round(predicted[top] / predicted[bottom], 3)}
     print(json.dumps(figures))
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and batch shape options (shared with bench/lora_profile.py)."""
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--intermediate", type=int, default=2816)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=128)
 
 
 # Each ratio: (numerator variant, denominator variant), of step times.
