@@ -160,7 +160,8 @@ def measure(args: argparse.Namespace) -> dict:
     flops += 3 * 4 * shape["layers"] * seq * shape["hidden"] * tokens
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype).removeprefix("torch."),
-        "precision": args.precision if cuda else "fp32", "batch": batch, "seq": seq, "gradient_checkpointing": args.gradient_checkpointing,
+        "precision": args.precision if cuda else "fp32", "batch": batch, "seq": seq,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "adapter_dtype": str(next(p.dtype for p in model.parameters() if p.requires_grad)).removeprefix("torch."),
         "checkpointing_active": bool(getattr(model, "is_gradient_checkpointing", False)
                                      or any(getattr(m, "gradient_checkpointing", False) for m in model.modules())),

@@ -73,8 +73,7 @@ def measure(args: argparse.Namespace) -> dict:
     from rsvlm.train.step import train_step
 
     dtype = torch.float32 if args.precision == "fp32" else torch.bfloat16
-    model, strategy, _, _, inputs = build_variant(
-        args, dtype=dtype, experts=1)  # only moe_lora_1expert has experts
+    model, strategy, inputs = build_variant(args, dtype=dtype, experts=1)  # only moe_lora_1expert has experts
     if args.variant == "lora_peft_default":
         model.base_model._cast_adapter_dtype("default", autocast_adapter_dtype=True)  # what get_peft_model does
     autocast = torch.bfloat16 if args.precision == "bf16_autocast" else None
@@ -83,7 +82,7 @@ def measure(args: argparse.Namespace) -> dict:
         if args.variant == "lora_peft_default":
             for module in model.modules():
                 module.__dict__.pop("cast_input_dtype_enabled", None)  # peft's default: cast on
-    # peft's cast replaces the adapter parameters: the optimizer is rebuilt over the ones the model now has.
+    # Built after the casts: peft's replaces the adapter parameters.
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
     scheduler = warmup_cosine(optimizer, 0, args.steps + 3)
 

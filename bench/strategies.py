@@ -146,9 +146,13 @@ def _memory_bytes_s() -> float:
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
+    from rsvlm.config.training import OptimConfig
+    from rsvlm.train.optim import build_optimizer, warmup_cosine
     from rsvlm.train.step import train_step
 
-    model, strategy, optimizer, scheduler, inputs = build_variant(args)
+    model, strategy, inputs = build_variant(args)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
+    scheduler = warmup_cosine(optimizer, 0, args.steps + 2)
     times = []
     for step in range(args.steps + 2):
         started = time.perf_counter()
@@ -162,16 +166,14 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def build_variant(args: argparse.Namespace, dtype=None, experts: Optional[int] = None):
-    """``(model, strategy, optimizer, scheduler, inputs)`` of ``args.variant`` at the bench's shapes: the tiny
+    """``(model, strategy, inputs)`` of ``args.variant`` at the bench's shapes: the tiny
     LLaVA with the sized LLM (in ``dtype``, default fp32) and a text-only batch of random tokens."""
     import torch
 
     from rsvlm.config.model import ModelConfig, TinyModelConfig
     from rsvlm.config.strategy import StrategyConfig, StrategyName, Trainability
-    from rsvlm.config.training import OptimConfig
     from rsvlm.model.build import load_model
     from rsvlm.strategies import build_strategy
-    from rsvlm.train.optim import build_optimizer, warmup_cosine
 
     torch.manual_seed(0)
     tiny = TinyModelConfig(text_hidden_size=args.hidden, text_layers=args.layers, text_heads=args.heads,
@@ -186,12 +188,10 @@ def build_variant(args: argparse.Namespace, dtype=None, experts: Optional[int] =
     model = strategy.apply(model)
     if args.variant == "moe_lora_loop":
         use_expert_loop(model)
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
-    scheduler = warmup_cosine(optimizer, 0, args.steps + 2)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(300, tiny.vocab_size, (args.batch, args.seq), generator=generator)
     inputs = {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
-    return model, strategy, optimizer, scheduler, inputs
+    return model, strategy, inputs
 
 
 def use_expert_loop(model) -> None:

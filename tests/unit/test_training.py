@@ -181,6 +181,17 @@ def test_adapters_of_a_bf16_model_are_bf16_and_autocast_casts_their_inputs(strat
     assert all(p.dtype is torch.float32 for _, p in adapters)
 
 
+@pytest.mark.parametrize("strategy", ["lora", "moe_lora"])
+def test_adapters_loaded_onto_a_bf16_model_are_bf16(strategy, tmp_path):
+    """Loading a saved adapter (evaluate, export, stage 2) keeps the base model's dtype too, not peft's fp32."""
+    job = compose([f"workdir={tmp_path}", f"strategy={strategy}", "strategy.rank=8", "strategy.alpha=16"])
+    chosen = build_strategy(job.strategy)
+    chosen.save(chosen.apply(load_model(job.model).model), tmp_path / "adapter")
+    loaded = chosen.load(load_model(job.model).model.to(torch.bfloat16), tmp_path / "adapter")
+    adapters = [p for n, p in loaded.named_parameters() if "lora_" in n]
+    assert adapters and all(p.dtype is torch.bfloat16 for p in adapters)
+
+
 # ---------------------------------------------------------------------------------------- checkpoint state
 
 

@@ -47,7 +47,7 @@ class LoraStrategy(Strategy):
 
     def load(self, base_model: nn.Module, directory: Path) -> nn.Module:
         # The adapters in the base model's dtype, as apply makes them (see there).
-        return PeftModel.from_pretrained(base_model, directory)
+        return PeftModel.from_pretrained(base_model, directory, autocast_adapter_dtype=False)
 
     def restore(self, model: nn.Module, directory: Path) -> None:
         weights = load_file(str(Path(directory) / SAFETENSORS_WEIGHTS_NAME))
